@@ -1,0 +1,199 @@
+"""Settings shared by every environment. Values come from the environment (config.env)."""
+
+from config.env import BASE_DIR, env
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env("SECRET_KEY", default="")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+VAR_DIR = env.path("GATEHOUSE_VAR_DIR", default=str(BASE_DIR / "var"))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "common",
+    "gateway",
+    "idempotency",
+    "orders",
+    "outbox",
+]
+
+MIDDLEWARE = [
+    # Correlation id first, so every later log line and error body carries it.
+    "common.middleware.CorrelationIdMiddleware",
+    "common.middleware.ProblemDetailsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg 3's pool: a connection per request costs more than the whole proxy hop.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    if env.bool("DATABASE_POOL", default=True):
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": env.int("DATABASE_POOL_MIN", default=1),
+            "max_size": env.int("DATABASE_POOL_MAX", default=10),
+            "timeout": 10,
+        }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web server, worker and beat share the embedded database.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache ----------------------------------------------------------------------------------
+REDIS_URL = env("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                # Fail fast: Redis down must never stall a request for long.
+                "SOCKET_CONNECT_TIMEOUT": 0.25,
+                "SOCKET_TIMEOUT": 0.25,
+                "CONNECTION_POOL_KWARGS": {"max_connections": 100, "retry_on_timeout": False},
+            },
+            "KEY_PREFIX": "",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Auth / i18n / static -------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+# Set where `collectstatic` runs (the Docker image); otherwise whitenoise serves from the apps.
+STATIC_ROOT = env("STATIC_ROOT", default=None)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Admin static is served by whitenoise straight from the apps in every environment.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = False
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
+
+# --- REST framework -------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "common.exception_handler.problem_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Gatehouse API",
+    "DESCRIPTION": "API gateway and order flow.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Errors ---------------------------------------------------------------------------------
+PROBLEM_TYPE_BASE = env("PROBLEM_TYPE_BASE", default="https://gatehouse.dev/problems/")
+
+# --- Gateway --------------------------------------------------------------------------------
+GATEWAY_PREFIX = "/gw"
+GATEWAY_ROUTE_CACHE_TTL = env.int("GATEWAY_ROUTE_CACHE_TTL", default=300)
+GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+GATEWAY_CIRCUIT_FAILURES = env.int("GATEWAY_CIRCUIT_FAILURES", default=5)
+GATEWAY_CIRCUIT_RESET_SECONDS = env.float("GATEWAY_CIRCUIT_RESET_SECONDS", default=30.0)
+JWT_JWKS_URL = env("JWT_JWKS_URL", default="")
+JWT_ISSUER = env("JWT_ISSUER", default="")
+JWT_AUDIENCE = env("JWT_AUDIENCE", default="")
+JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=60)
+JWT_JWKS_REFETCH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFETCH_COOLDOWN_SECONDS", default=30)
+TOKEN_INTROSPECT_URL = env("TOKEN_INTROSPECT_URL", default="")
+RBAC_RESOLVER_URL = env("RBAC_RESOLVER_URL", default="")
+GATEWAY_INTERNAL_TOKEN = env("GATEWAY_INTERNAL_TOKEN", default="")
+
+# --- Idempotency ----------------------------------------------------------------------------
+IDEMPOTENCY_TTL_HOURS = env.int("IDEMPOTENCY_TTL_HOURS", default=24)
+IDEMPOTENCY_LOCK_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", default=60)
+IDEMPOTENCY_MISMATCH_STATUS = env.int("IDEMPOTENCY_MISMATCH_STATUS", default=409)
+
+# --- Orders ---------------------------------------------------------------------------------
+ORDER_SESSION_DURATION_MINUTES = env.int("ORDER_SESSION_DURATION_MINUTES", default=15)
+ORDER_EXPIRY_INTERVAL_SECONDS = env.int("ORDER_EXPIRY_INTERVAL_SECONDS", default=30)
+PAYMENT_WEBHOOK_SECRET = env("PAYMENT_WEBHOOK_SECRET", default="")
+PAYMENT_EVENTS_BROKER_URL = env("PAYMENT_EVENTS_BROKER_URL", default="")
+PAYMENT_EVENTS_QUEUE = env("PAYMENT_EVENTS_QUEUE", default="payment-events")
+PROCESSED_EVENTS_RETENTION_DAYS = env.int("PROCESSED_EVENTS_RETENTION_DAYS", default=30)
+
+# --- Outbox ---------------------------------------------------------------------------------
+OUTBOX_PUBLISHER = env("OUTBOX_PUBLISHER", default="log")
+OUTBOX_BROKER_URL = env("OUTBOX_BROKER_URL", default="")
+OUTBOX_EXCHANGE = env("OUTBOX_EXCHANGE", default="events")
+OUTBOX_WEBHOOK_URL = env("OUTBOX_WEBHOOK_URL", default="")
+OUTBOX_WEBHOOK_SECRET = env("OUTBOX_WEBHOOK_SECRET", default="")
+OUTBOX_MAX_ATTEMPTS = env.int("OUTBOX_MAX_ATTEMPTS", default=5)
+OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=500)
+OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=60)
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
+OUTBOX_RELAY_INTERVAL_SECONDS = env.int("OUTBOX_RELAY_INTERVAL_SECONDS", default=5)
+
+# --- Logging: JSON lines carrying the correlation id ----------------------------------------
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation": {"()": "common.logging.CorrelationIdFilter"}},
+    "formatters": {"json": {"()": "common.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["correlation"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR", "propagate": True},
+        "django.server": {"level": "WARNING", "propagate": True},
+    },
+}
+
+from config.settings.celery import *  # noqa: E402,F401,F403

@@ -1,0 +1,58 @@
+"""Celery: chosen for at-least-once delivery with idempotent tasks (see README)."""
+
+from datetime import timedelta
+
+from config.env import BASE_DIR, env
+
+_var = env.path("GATEHOUSE_VAR_DIR", default=str(BASE_DIR / "var"))
+_broker_dir = f"{_var}/broker"
+
+# Embedded default: kombu's filesystem transport needs no server and is shared by the web
+# server, worker and beat on one machine. Production sets Redis or RabbitMQ.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"data_folder_in": _broker_dir, "data_folder_out": _broker_dir, "processed_folder": _broker_dir}
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {"visibility_timeout": 3600, "confirm_publish": True}
+)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves the message to be redelivered
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TIMEZONE = "UTC"
+CELERY_TASK_TIME_LIMIT = 300
+CELERY_TASK_SOFT_TIME_LIMIT = 240
+CELERY_BEAT_SCHEDULE_FILENAME = f"{_var}/celerybeat-schedule"
+
+# Each beat entry expires before the next one is due: a backlog of stale ticks is useless.
+CELERY_BEAT_SCHEDULE = {
+    "orders-expire-due": {
+        "task": "orders.tasks.orders_expire_due",
+        "schedule": timedelta(seconds=env.int("ORDER_EXPIRY_INTERVAL_SECONDS", default=30)),
+        "options": {"expires": 25},
+    },
+    "outbox-relay": {
+        "task": "outbox.tasks.outbox_relay",
+        "schedule": timedelta(seconds=env.int("OUTBOX_RELAY_INTERVAL_SECONDS", default=5)),
+        "options": {"expires": 4},
+    },
+    "outbox-purge-published": {
+        "task": "outbox.tasks.outbox_purge_published",
+        "schedule": timedelta(hours=1),
+        "options": {"expires": 3000},
+    },
+    "idempotency-purge-expired": {
+        "task": "idempotency.tasks.idempotency_purge_expired",
+        "schedule": timedelta(minutes=10),
+        "options": {"expires": 500},
+    },
+    "orders-purge-processed-events": {
+        "task": "orders.tasks.processed_events_purge",
+        "schedule": timedelta(hours=6),
+        "options": {"expires": 3000},
+    },
+}

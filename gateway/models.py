@@ -1,0 +1,78 @@
+"""Services (backends) and routes, edited in admin or loaded with `manage.py load_routes`."""
+
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Service(models.Model):
+    name = models.CharField(
+        max_length=200,
+        unique=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$", "Letters, digits, '.', '-' and '_'.")],
+        help_text="e.g. user-service.master",
+    )
+    description = models.CharField(max_length=500, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ServiceTarget(models.Model):
+    """One base URL of a service; requests are spread round-robin over enabled targets."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="targets")
+    url = models.URLField(max_length=500, help_text="Base URL, e.g. http://10.0.0.5:8080")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["service", "url"], name="service_target_unique_url")]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class Route(models.Model):
+    class Idempotency(models.TextChoices):
+        OFF = "off", "Off"
+        OPTIONAL = "optional", "Optional"
+        REQUIRED = "required", "Required"
+
+    methods = models.JSONField(default=list, help_text='HTTP methods, e.g. ["GET", "HEAD"]')
+    path = models.CharField(max_length=500, help_text="Pattern: literals, {name}, * (one segment), ** (rest)")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="routes")
+    rewrite = models.CharField(
+        max_length=500, blank=True, help_text="Upstream path template, e.g. /v2/users/{user_id}"
+    )
+    required_permission = models.CharField(max_length=200, blank=True)
+    condition = models.JSONField(default=dict, blank=True, help_text='e.g. {"user_id": "{{X-User-ID}}"}')
+    timeout_ms = models.PositiveIntegerField(
+        default=3000, validators=[MinValueValidator(1), MaxValueValidator(300_000)]
+    )
+    retry_count = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(10)])
+    auth_required = models.BooleanField(default=True)
+    cache_ttl_seconds = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(86_400)])
+    idempotency = models.CharField(max_length=8, choices=Idempotency.choices, default=Idempotency.OFF)
+    priority = models.IntegerField(default=0, help_text="Higher wins among equally specific patterns")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "route_config"
+        ordering = ["path", "id"]
+        indexes = [models.Index(fields=["enabled", "path"], name="route_enabled_path_idx")]
+
+    def __str__(self) -> str:
+        return f"{','.join(self.methods)} {self.path}"

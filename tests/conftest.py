@@ -1,0 +1,46 @@
+"""Suite-wide fixtures: a clean Redis database per test, and real HTTP servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.conf import settings
+
+from tests.support.servers import (  # noqa: F401  (fixtures re-exported for every test module)
+    gateway_process_factory,
+    http_server_factory,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Each xdist worker gets its own Redis database so flushing one never touches another.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw") or 0)
+    base_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
+    prefix, _, db = base_url.rpartition("/")
+    redis_db = (int(db) if db.isdigit() else 1) + index
+    os.environ["REDIS_URL"] = f"{prefix}/{redis_db}"
+
+
+@pytest.fixture(autouse=True)
+def _clean_caches():
+    """Every test starts with an empty Redis database and empty per-process caches."""
+    from django.core.cache import cache
+
+    if settings.REDIS_URL:
+        from django_redis import get_redis_connection
+
+        get_redis_connection("default").flushdb()
+    else:
+        cache.clear()
+    _reset_process_caches()
+    yield
+    _reset_process_caches()
+
+
+def _reset_process_caches() -> None:
+    """Per-process layers register a reset hook so one test never sees another's state."""
+    from common.local_cache import reset_all_local_caches
+
+    reset_all_local_caches()
