@@ -1,4 +1,10 @@
-"""Transactional outbox with Debezium-compatible column names."""
+"""Transactional outbox with Debezium-compatible column names.
+
+`sequence` orders events per aggregate: `created_at` can tie and clocks differ between processes.
+On PostgreSQL it is filled by the database sequence `outbox_event_sequence_seq` (CACHE 1, so
+values grow in the order rows are inserted across every process); on SQLite by a trigger copying
+the rowid (see migration 0002).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,17 @@ from django.db import models
 from django.utils import timezone
 
 
+class NextOutboxSequence(models.Func):
+    """The column default: `nextval(...)` on PostgreSQL; on SQLite a trigger fills the NULL."""
+
+    output_field = models.BigIntegerField()
+
+    def as_sql(self, compiler, connection, **extra_context):  # type: ignore[no-untyped-def]
+        if connection.vendor == "postgresql":
+            return "nextval('outbox_event_sequence_seq')", []
+        return "NULL", []
+
+
 class OutboxEvent(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -15,6 +32,7 @@ class OutboxEvent(models.Model):
         DEAD = "dead", "Dead"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sequence = models.BigIntegerField(db_default=NextOutboxSequence(), editable=False, null=True)
     aggregatetype = models.CharField(max_length=255)
     aggregateid = models.CharField(max_length=255)
     type = models.CharField(max_length=255)
@@ -30,7 +48,21 @@ class OutboxEvent(models.Model):
 
     class Meta:
         db_table = "outbox_event"
-        ordering = ["created_at"]
+        ordering = ["sequence"]
+        indexes = [
+            # The relay scans pending events in sequence order.
+            models.Index(
+                fields=["sequence"],
+                name="outbox_pending_seq_idx",
+                condition=models.Q(status="pending"),
+            ),
+            # "Is an earlier event of this aggregate still unpublished?" — one probe per candidate.
+            models.Index(
+                fields=["aggregatetype", "aggregateid", "sequence"],
+                name="outbox_unpublished_agg_idx",
+                condition=models.Q(status__in=["pending", "dead"]),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.aggregatetype}:{self.aggregateid}"
