@@ -87,10 +87,17 @@ if REDIS_URL:
                 "CONNECTION_POOL_KWARGS": {"max_connections": 100, "retry_on_timeout": False},
             },
             "KEY_PREFIX": "",
+            # Keys exactly as the SPEC names them (`routes:/a:GET`), so SCAN by kind finds them.
+            "KEY_FUNCTION": "gateway.services.shared_cache.plain_cache_key",
         }
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "KEY_FUNCTION": "gateway.services.shared_cache.plain_cache_key",
+        }
+    }
 
 # --- Auth / i18n / static -------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -154,6 +161,8 @@ GATEWAY_INTERNAL_TOKEN = env("GATEWAY_INTERNAL_TOKEN", default="")
 IDEMPOTENCY_TTL_HOURS = env.int("IDEMPOTENCY_TTL_HOURS", default=24)
 IDEMPOTENCY_LOCK_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", default=60)
 IDEMPOTENCY_MISMATCH_STATUS = env.int("IDEMPOTENCY_MISMATCH_STATUS", default=409)
+# Largest response body kept for replay; a larger one is streamed through, never re-executed.
+IDEMPOTENCY_MAX_RESPONSE_BYTES = env.int("IDEMPOTENCY_MAX_RESPONSE_BYTES", default=1024 * 1024)
 
 # --- Orders ---------------------------------------------------------------------------------
 ORDER_SESSION_DURATION_MINUTES = env.int("ORDER_SESSION_DURATION_MINUTES", default=15)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from idempotency.models import IdempotencyRecord
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(admin.ModelAdmin):
+    """Read-only: records are written only by the idempotency services."""
+
+    list_display = ("key", "scope", "method", "path", "status", "response_status", "created_at", "expires_at")
+    list_filter = ("status", "method")
+    search_fields = ("key",)
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+    exclude = ("response_body",)
+    readonly_fields = (
+        "scope",
+        "key",
+        "method",
+        "path",
+        "request_hash",
+        "status",
+        "lock_token",
+        "locked_at",
+        "locked_until",
+        "response_status",
+        "response_body_preview",
+        "response_content_type",
+        "response_location",
+        "response_stored",
+        "created_at",
+        "completed_at",
+        "expires_at",
+    )
+
+    @admin.display(description="Response body (first 2 KiB)")
+    def response_body_preview(self, obj: IdempotencyRecord) -> str:
+        body = bytes(obj.response_body or b"")
+        return body[:2048].decode("utf-8", "replace")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: IdempotencyRecord | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: IdempotencyRecord | None = None) -> bool:
+        return False

@@ -1,0 +1,118 @@
+"""Read path for completed records: per-process memory (5 min) → Redis → database.
+
+Only `completed` records are cached: they never change until they expire, and every entry carries
+its `expires_at`, so a stale copy is never replayed after the record's retention. The database stays
+the source of truth; when Redis fails, this process skips it for a few seconds instead of paying a
+socket timeout on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.cache import cache
+from django.utils import timezone
+
+from common.local_cache import LocalTTLCache
+
+logger = logging.getLogger(__name__)
+
+LOCAL_TTL_SECONDS = 300
+REDIS_BACKOFF_SECONDS = 5.0
+_local = LocalTTLCache("idempotency", ttl_seconds=LOCAL_TTL_SECONDS, max_entries=20_000)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status: int
+    body: bytes
+    content_type: str = ""
+    location: str = ""
+    stored: bool = True  # False: too large to keep; the request ran but cannot be replayed
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRecord:
+    request_hash: str
+    response: StoredResponse
+    expires_at: datetime
+
+    def is_live(self) -> bool:
+        return self.expires_at > timezone.now()
+
+
+class _RedisBreaker:
+    """After a Redis error, skip Redis in this process for REDIS_BACKOFF_SECONDS."""
+
+    def __init__(self) -> None:
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+
+    def available(self) -> bool:
+        return time.monotonic() >= self._open_until
+
+    def trip(self, exc: Exception) -> None:
+        with self._lock:
+            if self.available():
+                logger.warning("idempotency: Redis unavailable (%s); using the database only", exc)
+            self._open_until = time.monotonic() + REDIS_BACKOFF_SECONDS
+
+    def reset(self) -> None:
+        self._open_until = 0.0
+
+
+redis_breaker = _RedisBreaker()
+
+
+def cache_key(*, scope: str, key: str) -> str:
+    digest = hashlib.sha256(f"{len(scope)}:{scope}{key}".encode()).hexdigest()
+    return f"idempotency:{digest}"
+
+
+def cached_record_get(*, scope: str, key: str) -> tuple[CachedRecord, str] | None:
+    """The completed record for (scope, key) and the layer it came from, or None."""
+    name = cache_key(scope=scope, key=key)
+    record = _local.get(name)
+    if record is not None:
+        if record.is_live():
+            return record, "local"
+        _local.delete(name)
+    if not redis_breaker.available():
+        return None
+    try:
+        record = cache.get(name)
+    except Exception as exc:  # any Redis failure: fall through to the database
+        redis_breaker.trip(exc)
+        return None
+    if isinstance(record, CachedRecord) and record.is_live():
+        _local.set(name, record, ttl_seconds=_local_ttl(record))
+        return record, "redis"
+    return None
+
+
+def cached_record_put(*, scope: str, key: str, record: CachedRecord, shared: bool = True) -> None:
+    name = cache_key(scope=scope, key=key)
+    if not record.is_live():
+        return
+    _local.set(name, record, ttl_seconds=_local_ttl(record))
+    if not shared or not redis_breaker.available():
+        return
+    seconds = int((record.expires_at - timezone.now()).total_seconds())
+    try:
+        cache.set(name, record, timeout=max(seconds, 1))
+    except Exception as exc:
+        redis_breaker.trip(exc)
+
+
+def _local_ttl(record: CachedRecord) -> float:
+    remaining = (record.expires_at - timezone.now()).total_seconds()
+    return max(min(float(LOCAL_TTL_SECONDS), remaining), 0.001)
+
+
+def reset_redis_breaker() -> None:
+    redis_breaker.reset()
