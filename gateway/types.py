@@ -22,13 +22,18 @@ class ResolvedRoute:
     cache_ttl_seconds: int = 0
     idempotency: str = "off"
     priority: int = 0
+    # Changes whenever the route or its service is saved: the response cache's route tag.
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
     route: ResolvedRoute
     params: dict[str, str]
-    path: str  # the normalised path that matched, e.g. /users/1
+    path: str  # the normalised path that matched, e.g. /users/1 (still percent-encoded)
+    # Captured segments as received (percent-encoded), for building the upstream path;
+    # `params` holds them decoded (for conditions). A `**` pattern captures the rest as "**".
+    raw_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,186 @@
+"""Cross-instance cache invalidation over Redis pub/sub.
+
+`invalidation_publish(kind=..., payload=...)` runs the handlers of this process at once (after the
+current transaction commits) and publishes the message on a Redis channel; a daemon listener thread
+in every process runs that process's handlers when a message of another process arrives.
+
+The listener starts lazily (first subscribe or publish), never blocks start-up, reconnects with
+backoff when Redis goes away, and after every (re)subscription calls each handler with
+`{"resync": True}`: messages sent while it was disconnected are lost, so handlers then drop
+everything they hold. Without REDIS_URL (embedded mode) delivery is in-process only, which is
+only correct for a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from gateway.services.shared_cache import redis_db_number, shared_cache_is_redis
+
+logger = logging.getLogger("gatehouse.invalidation")
+
+INVALIDATION_KINDS = frozenset({"routes", "rbac", "revoked", "jwks", "responses"})
+Handler = Callable[[dict], None]
+
+_handlers: dict[str, list[Handler]] = {}
+_lock = threading.Lock()
+_listener_pid: int | None = None
+_listener_connected = threading.Event()
+_origin: tuple[int, str] | None = None
+_BACKOFF_MAX_SECONDS = 5.0
+_POLL_SECONDS = 0.5
+
+
+def invalidation_channel() -> str:
+    return f"gatehouse:invalidation:{redis_db_number()}"
+
+
+def _origin_id() -> str:
+    """Identifies this process (re-minted after fork) so it ignores its own messages."""
+    global _origin
+    pid = os.getpid()
+    if _origin is None or _origin[0] != pid:
+        _origin = (pid, f"{pid}-{uuid.uuid4().hex[:12]}")
+    return _origin[1]
+
+
+def invalidation_subscribe(kind: str, handler: Handler) -> None:
+    """Run `handler(payload)` whenever `kind` is published, in this process or any other."""
+    if kind not in INVALIDATION_KINDS:
+        raise ValueError(f"unknown invalidation kind {kind!r}")
+    with _lock:
+        handlers = _handlers.setdefault(kind, [])
+        if handler not in handlers:
+            handlers.append(handler)
+    invalidation_listener_ensure()
+
+
+def invalidation_publish(*, kind: str, payload: dict | None = None) -> None:
+    """Publish after the current transaction commits (at once outside a transaction)."""
+    if kind not in INVALIDATION_KINDS:
+        raise ValueError(f"unknown invalidation kind {kind!r}")
+    message = {"kind": kind, "payload": dict(payload or {}), "origin": _origin_id()}
+    transaction.on_commit(lambda: _deliver(message), robust=True)
+
+
+def _deliver(message: dict[str, Any]) -> None:
+    _run_handlers(message["kind"], message["payload"])
+    if not shared_cache_is_redis():
+        return
+    invalidation_listener_ensure()
+    try:
+        from django_redis import get_redis_connection
+
+        get_redis_connection("default").publish(invalidation_channel(), json.dumps(message))
+    except Exception as exc:
+        # Other instances keep their local layers until those expire; say so once per event.
+        logger.warning("invalidation %s not published to other instances: %s", message["kind"], exc)
+
+
+def _run_handlers(kind: str, payload: dict) -> None:
+    for handler in list(_handlers.get(kind, ())):
+        try:
+            handler(payload)
+        except Exception:
+            logger.exception("invalidation handler %r for %s failed", handler, kind)
+
+
+def invalidation_listener_connected() -> bool:
+    """True while this process is subscribed (always True in embedded, single-process mode)."""
+    if not shared_cache_is_redis():
+        return True
+    return _listener_pid == os.getpid() and _listener_connected.is_set()
+
+
+def invalidation_listener_ensure() -> None:
+    """Start the listener thread of this process if it is not running (cheap when it is)."""
+    global _listener_pid
+    if _listener_pid == os.getpid() or not shared_cache_is_redis():
+        return
+    with _lock:
+        if _listener_pid == os.getpid():
+            return
+        _listener_pid = os.getpid()
+        _listener_connected.clear()
+        thread = threading.Thread(target=_listen_forever, name="gatehouse-invalidation", daemon=True)
+        thread.start()
+
+
+def _listen_forever() -> None:
+    import redis
+
+    from gateway.services.cache_stats import cache_stats_flush
+
+    pid = os.getpid()
+    backoff = 0.1
+    announced_down = False
+    channel = invalidation_channel()
+    origin = _origin_id()
+    while _listener_pid == pid:
+        client = None
+        try:
+            client = redis.Redis.from_url(
+                settings.REDIS_URL,
+                socket_connect_timeout=1.0,
+                socket_timeout=_POLL_SECONDS + 5,
+                socket_keepalive=True,
+                health_check_interval=10,
+            )
+            pubsub = client.pubsub()
+            pubsub.subscribe(channel)
+            _await_subscription(pubsub)  # so "connected" means messages now reach us
+            _listener_connected.set()
+            if announced_down:
+                logger.warning("invalidation listener reconnected")
+                announced_down = False
+            backoff = 0.1
+            for kind in list(_handlers):  # anything published while we were away is lost
+                _run_handlers(kind, {"resync": True})
+            while _listener_pid == pid:
+                message = pubsub.get_message(timeout=_POLL_SECONDS)
+                if message and message.get("type") == "message":
+                    _dispatch(message["data"], origin)
+                cache_stats_flush()
+        except Exception as exc:
+            _listener_connected.clear()
+            if not announced_down:
+                logger.warning("invalidation listener disconnected: %s: %s", type(exc).__name__, exc)
+                announced_down = True
+            time.sleep(backoff + random.uniform(0, backoff / 2))
+            backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):  # closing a dead connection may fail
+                    client.close()
+
+
+def _await_subscription(pubsub: Any, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=max(0.01, deadline - time.monotonic()))
+        if message and message.get("type") == "subscribe":
+            return
+    raise TimeoutError("no subscribe confirmation from Redis")
+
+
+def _dispatch(data: bytes | str, origin: str) -> None:
+    try:
+        message = json.loads(data)
+    except (TypeError, ValueError):
+        logger.warning("ignoring malformed invalidation message")
+        return
+    if message.get("origin") == origin or message.get("kind") not in INVALIDATION_KINDS:
+        return
+    _run_handlers(message["kind"], message.get("payload") or {})
