@@ -76,3 +76,21 @@ class Route(models.Model):
 
     def __str__(self) -> str:
         return f"{','.join(self.methods)} {self.path}"
+
+
+class RevokedToken(models.Model):
+    """A revoked token's `jti`, kept until the token would have expired anyway.
+
+    The database is the durable record (survives Redis restarts and outages, lasts the token's
+    lifetime); `revoked:{jti}` in Redis is only its 180 s cache.
+    """
+
+    jti = models.CharField(max_length=255, unique=True)
+    expires_at = models.DateTimeField(db_index=True, help_text="When the token expires; purged after.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.jti

@@ -11,6 +11,7 @@ from tests.support.servers import (  # noqa: F401  (fixtures re-exported for eve
     gateway_process_factory,
     http_server_factory,
 )
+from tests.support.tokens import rbac_resolver, token_service  # noqa: F401
 
 
 def pytest_configure(config: pytest.Config) -> None:

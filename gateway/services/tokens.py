@@ -1,0 +1,158 @@
+"""Bearer token verification (PyJWT + JWKS), shared by the gateway and the project's own APIs.
+
+`token_authenticate` = parse the header → verify the signature and claims → check revocation →
+`Identity`. Any failure is `NotAuthenticated` (401 with `WWW-Authenticate: Bearer …`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import jwt
+from django.conf import settings
+
+from common.errors import NotAuthenticated, ServiceUnavailable
+from common.local_cache import LocalTTLCache
+from gateway.services.jwks import JwksKeyNotFound, JwksUnavailable, jwks_signing_key
+from gateway.types import Identity
+
+logger = logging.getLogger("gatehouse.auth.tokens")
+
+REQUIRED_CLAIMS = ("exp", "sub")
+# Signature checks are the costliest step (~0.1-0.5 ms); a token already verified by this process
+# is trusted again for a few seconds, never past its `exp`. Keyed by a hash, so raw tokens are not
+# kept in memory. Revocation and RBAC are still checked on every request.
+VERIFIED_TTL_SECONDS = 30.0
+_verified = LocalTTLCache("verified-tokens", ttl_seconds=VERIFIED_TTL_SECONDS, max_entries=10_000)
+
+
+def bearer_token(*, authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer …` header (401 without an error code if absent)."""
+    if not authorization:
+        raise NotAuthenticated("A bearer token is required.", error=None)
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        # RFC 6750 §3.1: an unsupported scheme is "no credentials", answered without an error code.
+        raise NotAuthenticated("A bearer token is required.", error=None)
+    token = token.strip()
+    if not token:
+        raise NotAuthenticated("The bearer token is empty.")
+    return token
+
+
+def token_verify(*, token: str) -> dict[str, Any]:
+    """The verified claims of `token`, or NotAuthenticated. Does not check revocation."""
+    cache_key = (
+        hashlib.sha256(token.encode()).digest(),
+        settings.JWT_ISSUER,
+        settings.JWT_AUDIENCE,
+    )
+    claims = _verified.get(cache_key)
+    if claims is not None and claims["exp"] > time.time():
+        return claims
+    claims = _verify_uncached(token)
+    remaining = float(claims["exp"]) - time.time()
+    if remaining > 0:
+        _verified.set(cache_key, claims, ttl_seconds=min(VERIFIED_TTL_SECONDS, remaining))
+    return claims
+
+
+def token_verified_cache_clear() -> None:
+    _verified.clear()
+
+
+def _verify_uncached(token: str) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise NotAuthenticated("The token is malformed.") from exc
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise NotAuthenticated("The token's kid is invalid.")
+    try:
+        key = jwks_signing_key(kid=kid)
+    except JwksKeyNotFound as exc:
+        raise NotAuthenticated(f"No key to verify the token: {exc}") from exc
+    except JwksUnavailable as exc:
+        # Not the client's fault: the keys cannot be had. 503, never an allow.
+        raise ServiceUnavailable("Token keys are unavailable; try again shortly.") from exc
+    # The algorithm is the key's (PyJWK from the JWKS), never the token header's: a header saying
+    # HS256 or none fails PyJWT's check against `algorithms`.
+    issuer = settings.JWT_ISSUER or None
+    audience = settings.JWT_AUDIENCE or None
+    try:
+        claims = jwt.decode(
+            token,
+            key=key,
+            algorithms=[key.algorithm_name],
+            issuer=issuer,
+            audience=audience,
+            leeway=settings.JWT_LEEWAY_SECONDS,
+            options={
+                "require": [*REQUIRED_CLAIMS, *(["iss"] if issuer else []), *(["aud"] if audience else [])],
+                "verify_aud": audience is not None,
+                "verify_iss": issuer is not None,
+            },
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise NotAuthenticated("The token has expired.") from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise NotAuthenticated("The token is not valid yet.") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise NotAuthenticated("The token is for another audience.") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise NotAuthenticated("The token is from another issuer.") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise NotAuthenticated(f"The token lacks the {exc.claim!r} claim.") from exc
+    except jwt.InvalidTokenError as exc:
+        raise NotAuthenticated("The token is invalid.") from exc
+    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        raise NotAuthenticated("The token's subject is invalid.")
+    tenant_id = claims.get("tenant_id")
+    if tenant_id is not None and not isinstance(tenant_id, str | int):
+        raise NotAuthenticated("The token's tenant_id is invalid.")
+    if "permissions" in claims and _claim_permissions(claims["permissions"]) is None:
+        raise NotAuthenticated("The token's permissions claim is invalid.")
+    return claims
+
+
+def _claim_permissions(value: Any) -> frozenset[str] | None:
+    """A list of strings, or one space-separated string (OAuth `scope` style); else None."""
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(value)
+    return None
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    permissions = _claim_permissions(claims["permissions"]) if "permissions" in claims else None
+    tenant_id = claims.get("tenant_id")
+    return Identity(
+        user_id=claims["sub"],
+        tenant_id="" if tenant_id is None else str(tenant_id),
+        jti=str(claims.get("jti") or ""),
+        permissions=permissions or frozenset(),
+        claims=claims,
+    )
+
+
+def token_authenticate(*, authorization: str | None) -> Identity:
+    """Verified, unrevoked identity of an `Authorization` header, or NotAuthenticated (401).
+
+    Permissions are those of the token's `permissions` claim (RBAC resolution is the gateway's,
+    see `gateway.services.auth.request_identity`).
+    """
+    from gateway.services.revocation import token_is_revoked
+
+    token = bearer_token(authorization=authorization)
+    claims = token_verify(token=token)
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not jti):
+        raise NotAuthenticated("The token's jti is invalid.")
+    if jti and token_is_revoked(jti=jti, token=token, expires_at=float(claims["exp"])):
+        raise NotAuthenticated("The token has been revoked.")
+    return identity_from_claims(claims)
