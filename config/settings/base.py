@@ -146,6 +146,8 @@ PROBLEM_TYPE_BASE = env("PROBLEM_TYPE_BASE", default="https://gatehouse.dev/prob
 GATEWAY_PREFIX = "/gw"
 GATEWAY_ROUTE_CACHE_TTL = env.int("GATEWAY_ROUTE_CACHE_TTL", default=300)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Largest upstream body kept by the GET response cache (larger ones stream through uncached).
+GATEWAY_RESPONSE_CACHE_MAX_BYTES = env.int("GATEWAY_RESPONSE_CACHE_MAX_BYTES", default=1024 * 1024)
 GATEWAY_CIRCUIT_FAILURES = env.int("GATEWAY_CIRCUIT_FAILURES", default=5)
 GATEWAY_CIRCUIT_RESET_SECONDS = env.float("GATEWAY_CIRCUIT_RESET_SECONDS", default=30.0)
 JWT_JWKS_URL = env("JWT_JWKS_URL", default="")

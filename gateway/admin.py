@@ -1,0 +1,201 @@
+"""Admin for services and routes. Writes go through gateway.services.routes (cache invalidation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from gateway.models import HTTP_METHODS, Route, Service, ServiceTarget
+from gateway.services.response_cache import response_cache_invalidate
+from gateway.services.routes import (
+    route_delete,
+    route_methods_canonical,
+    route_save,
+    route_validate,
+    routes_changed,
+    routes_delete,
+    routes_set_enabled,
+    service_delete,
+    service_save,
+)
+from gateway.services.routing import service_target_url_errors
+
+
+class ServiceTargetForm(forms.ModelForm):
+    url = forms.URLField(
+        max_length=500, assume_scheme="http", help_text="Base URL, e.g. http://10.0.0.5:8080"
+    )
+
+    class Meta:
+        model = ServiceTarget
+        fields = ["url", "enabled"]
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        errors = service_target_url_errors(url)
+        if errors:
+            raise ValidationError(errors)
+        return url.rstrip("/") if url.count("/") > 2 else url
+
+
+class ServiceTargetInline(admin.TabularInline):
+    model = ServiceTarget
+    form = ServiceTargetForm
+    extra = 1
+    min_num = 0
+
+
+@admin.register(Service)
+class ServiceAdmin(admin.ModelAdmin):
+    list_display = ["name", "enabled", "target_count", "route_count", "updated_at"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "description", "targets__url"]
+    inlines = [ServiceTargetInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_targets=Count("targets", distinct=True), _routes=Count("routes", distinct=True))
+        )
+
+    @admin.display(description="targets", ordering="_targets")
+    def target_count(self, obj: Service) -> int:
+        return obj._targets  # type: ignore[attr-defined]
+
+    @admin.display(description="routes", ordering="_routes")
+    def route_count(self, obj: Service) -> int:
+        return obj._routes  # type: ignore[attr-defined]
+
+    def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
+        service_save(service=obj)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        routes_changed()  # targets edited inline change where routes send traffic
+
+    def delete_model(self, request: HttpRequest, obj: Service) -> None:
+        service_delete(service=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:
+        for service in queryset:
+            service_delete(service=service)
+
+
+class RouteForm(forms.ModelForm):
+    methods = forms.MultipleChoiceField(
+        choices=[(method, method) for method in HTTP_METHODS],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="HEAD is also served wherever GET is.",
+    )
+
+    class Meta:
+        model = Route
+        fields = [
+            "methods",
+            "path",
+            "service",
+            "rewrite",
+            "auth_required",
+            "required_permission",
+            "condition",
+            "timeout_ms",
+            "retry_count",
+            "cache_ttl_seconds",
+            "idempotency",
+            "priority",
+            "enabled",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        route = self.instance
+        route.methods = route_methods_canonical(cleaned.get("methods") or [])
+        for name in ("path", "rewrite", "condition", "enabled"):
+            setattr(route, name, cleaned.get(name))
+        if cleaned.get("cache_ttl_seconds") and not set(route.methods) & {"GET", "HEAD"}:
+            self.add_error("cache_ttl_seconds", "Only GET/HEAD responses are cached; this route has neither.")
+        try:
+            route_validate(route=route)
+        except ValidationError as exc:
+            for field, field_errors in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, field_errors)
+        cleaned["methods"] = route.methods
+        return cleaned
+
+
+class MethodListFilter(admin.SimpleListFilter):
+    title = "method"
+    parameter_name = "method"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(method, method) for method in HTTP_METHODS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Route]) -> QuerySet[Route]:
+        if self.value() in HTTP_METHODS:
+            # Text match on the JSON list: works on PostgreSQL and SQLite alike.
+            return queryset.filter(methods__icontains=f'"{self.value()}"')
+        return queryset
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    form = RouteForm
+    list_display = [
+        "path",
+        "method_list",
+        "service",
+        "auth_required",
+        "required_permission",
+        "cache_ttl_seconds",
+        "idempotency",
+        "priority",
+        "enabled",
+        "updated_at",
+    ]
+    list_filter = ["enabled", "auth_required", "idempotency", MethodListFilter, "service"]
+    search_fields = ["path", "service__name", "required_permission", "rewrite"]
+    list_select_related = ["service"]
+    autocomplete_fields = ["service"]
+    actions = ["enable_routes", "disable_routes", "flush_response_cache"]
+    fieldsets = [
+        (None, {"fields": ["methods", "path", "service", "rewrite", "priority", "enabled"]}),
+        ("Access", {"fields": ["auth_required", "required_permission", "condition"]}),
+        ("Upstream", {"fields": ["timeout_ms", "retry_count", "idempotency", "cache_ttl_seconds"]}),
+    ]
+
+    @admin.display(description="methods")
+    def method_list(self, obj: Route) -> str:
+        return ", ".join(obj.methods or [])
+
+    def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
+        route_save(route=obj)
+
+    def delete_model(self, request: HttpRequest, obj: Route) -> None:
+        route_delete(route=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
+        routes_delete(routes=queryset)
+
+    @admin.action(description="Enable selected routes")
+    def enable_routes(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
+        count = routes_set_enabled(routes=queryset, enabled=True)
+        self.message_user(request, f"{count} route(s) enabled.", messages.SUCCESS)
+
+    @admin.action(description="Disable selected routes")
+    def disable_routes(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
+        count = routes_set_enabled(routes=queryset, enabled=False)
+        self.message_user(request, f"{count} route(s) disabled.", messages.SUCCESS)
+
+    @admin.action(description="Flush cached responses of selected routes")
+    def flush_response_cache(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
+        for route_id in queryset.values_list("pk", flat=True):
+            response_cache_invalidate(route_id=route_id)
+        self.message_user(request, "Cached responses flushed.", messages.SUCCESS)
