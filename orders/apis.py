@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from idempotency.decorators import idempotent
 from orders import selectors, services
 from orders.models import Order
 from orders.services import OrderNotFound
@@ -96,6 +97,9 @@ class OrderCreateApi(APIView):
 
     OutputSerializer = OrderOutputSerializer
 
+    # Key required; the decorator runs this in one transaction with the key's completion, so the
+    # order, its order.created event and the stored response commit together.
+    @idempotent()
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -162,10 +166,15 @@ class PaymentEventApi(APIView):
         duplicate = serializers.BooleanField()
 
     def post(self, request: Request) -> Response:
-        # The signature covers the bytes as sent: verify before anything parses them.
-        body = request.body
-        services.payment_signature_verify(body=body, signature=request.headers.get("X-Signature"))
-        event = services.payment_event_parse(body=body)
+        # The signature covers the bytes as sent: verify before anything parses them, and before
+        # an Idempotency-Key is claimed (an unsigned request must not be able to burn a key).
+        services.payment_signature_verify(body=request.body, signature=request.headers.get("X-Signature"))
+        return self._handle_verified(request)
+
+    # Optional key (SPEC §4): processed_events already makes the event itself exactly-once.
+    @idempotent(required=False)
+    def _handle_verified(self, request: Request) -> Response:
+        event = services.payment_event_parse(body=request.body)
         result = services.payment_event_handle(event=event, channel="http")
         return Response(self.OutputSerializer(result).data, status=status.HTTP_200_OK)
 

@@ -246,3 +246,41 @@ def test_event_ids_are_deduplicated_per_consumer_group(post_payment_event):
 
     assert response.json()["outcome"] == "paid"
     assert response.json()["duplicate"] is False
+
+
+def test_idempotency_key_on_intake_replays_the_first_answer(post_payment_event, client):
+    order = OrderFactory()
+    body = payment_body(order, event_id="evt-key")
+    headers = {"HTTP_X_SIGNATURE": sign(body), "HTTP_IDEMPOTENCY_KEY": "pay-1"}
+
+    first = client.post("/api/payments/events", data=body, content_type="application/json", **headers)
+    second = client.post("/api/payments/events", data=body, content_type="application/json", **headers)
+
+    assert first.status_code == second.status_code == 200
+    assert second["Idempotent-Replayed"] == "true"
+    assert second.content == first.content
+    assert len(events_of(order, "order.paid")) == 1
+
+
+def test_unsigned_request_cannot_burn_an_idempotency_key(client):
+    order = OrderFactory()
+    body = payment_body(order, event_id="evt-burn")
+
+    forged = client.post(
+        "/api/payments/events",
+        data=body,
+        content_type="application/json",
+        HTTP_X_SIGNATURE="sha256=" + "0" * 64,
+        HTTP_IDEMPOTENCY_KEY="pay-2",
+    )
+    genuine = client.post(
+        "/api/payments/events",
+        data=body,
+        content_type="application/json",
+        HTTP_X_SIGNATURE=sign(body),
+        HTTP_IDEMPOTENCY_KEY="pay-2",
+    )
+
+    assert forged.status_code == 401
+    assert genuine.status_code == 200
+    assert genuine.json()["outcome"] == "paid"
