@@ -141,20 +141,20 @@ def http_server_factory():
 
 
 def server_command(port: int) -> list[str]:
-    """The production server command line (kept in one place: scripts/serve uses the same)."""
+    """The production server command line (kept in one place: scripts/serve uses the same).
+
+    gunicorn gthread with config/gunicorn.py (chosen by benchmarks/gateway.py, see
+    docs/gateway-proxy.md); WEB_WORKERS / WEB_THREADS in the environment size it.
+    """
     return [
         sys.executable,
         "-m",
         "gunicorn",
         "config.wsgi:application",
+        "--config",
+        str(ROOT / "config" / "gunicorn.py"),
         "--bind",
         f"127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--worker-class",
-        "gthread",
-        "--threads",
-        "8",
         "--log-level",
         "warning",
     ]

@@ -1,0 +1,30 @@
+"""gunicorn settings for the web process (scripts/serve and the test suite's gateway processes).
+
+gthread workers: the proxy blocks on upstream sockets, so each worker serves many requests at
+once with threads while the worker count spreads the CPU work over the cores. The choice and the
+figures behind it are in docs/gateway-proxy.md. Environment knobs: BIND, WEB_WORKERS,
+WEB_THREADS, FORWARDED_ALLOW_IPS, ACCESS_LOG.
+"""
+
+import os
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "16"))
+keepalive = 75  # longer than common load balancers' idle timeout, so they close first
+graceful_timeout = 20
+# X-Forwarded-Proto & co. are believed only from these peers (none by default: the gateway is
+# the edge). Behind a load balancer set FORWARDED_ALLOW_IPS to its address.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "") or "0.0.0.0/32"
+accesslog = "-" if os.environ.get("ACCESS_LOG", "") == "1" else None
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+preload_app = False  # each worker imports the app itself: prometheus multiprocess files per pid
+
+
+def child_exit(server, worker):  # noqa: ANN001
+    """A dead worker's live gauges must not haunt /metrics (its counters stay summed)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,368 @@
+"""Forwarding a matched request to its service: pooled urllib3, one time budget, safe retries.
+
+Hot path rules: nothing here touches the database or Redis; pools, parsed targets and header
+names are computed once per process and reused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
+from urllib3.util import SKIP_HEADER
+
+from common.errors import ApplicationError
+from gateway import metrics
+from gateway.services.circuit import (
+    circuit_allow,
+    circuit_record_failure,
+    circuit_record_success,
+    circuit_release_probe,
+    circuit_retry_after,
+)
+from gateway.types import Identity, ResolvedRoute
+
+logger = logging.getLogger("gatehouse.proxy")
+
+# Methods whose repetition is harmless (RFC 9110 §9.2.2), retried on any upstream failure.
+RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+)
+IDENTITY_HEADERS = ("X-User-ID", "X-Tenant-ID", "X-User-Permissions")
+# Headers the gateway sets itself; a client's copy is never forwarded as is.
+_REPLACED = frozenset(
+    {
+        "host",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-correlation-id",
+        *(name.lower() for name in IDENTITY_HEADERS),
+    }
+)
+BACKOFF_BASE_SECONDS = 0.05
+BACKOFF_CAP_SECONDS = 1.0
+# Bodies up to this size (with a Content-Length) are read whole: cacheable, replayable, and
+# one write to the client; anything larger or of unknown length streams in chunks.
+BUFFER_LIMIT_BYTES = 256 * 1024
+STREAM_CHUNK_BYTES = 64 * 1024
+_MIN_ATTEMPT_SECONDS = 0.01
+
+# One pool per target (scheme, host, port); connections are kept alive between requests.
+# block=False: a burst above maxsize opens extra connections instead of queueing.
+_pools = urllib3.PoolManager(num_pools=512, maxsize=64, block=False, retries=False)
+_round_robin: dict[tuple[str, ...], Iterator[int]] = {}
+_round_robin_lock = threading.Lock()
+
+
+class BadGateway(ApplicationError):
+    status, slug, title = 502, "bad-gateway", "Bad gateway"
+
+
+class GatewayTimeout(ApplicationError):
+    status, slug, title = 504, "gateway-timeout", "Gateway timeout"
+
+
+class CircuitOpen(ApplicationError):
+    status, slug, title = 503, "upstream-unavailable", "Upstream unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    base: str  # as configured, the circuit and metrics key
+    pool: urllib3.HTTPConnectionPool
+    host: str  # Host header value
+    path_prefix: str  # a target like http://h/api puts /api before the upstream path
+
+
+@lru_cache(maxsize=4096)
+def _target(base: str) -> _Target:
+    parts = urlsplit(base)
+    return _Target(
+        base=base,
+        pool=_pools.connection_from_url(base),
+        host=parts.netloc,
+        path_prefix=parts.path.rstrip("/"),
+    )
+
+
+@lru_cache(maxsize=1024)
+def _header_name(meta_key: str) -> tuple[str, str]:
+    """HTTP_X_USER_ID → ("X-User-Id", "x-user-id")."""
+    name = "-".join(part.capitalize() for part in meta_key[5:].split("_"))
+    return name, name.lower()
+
+
+@lru_cache(maxsize=256)
+def _connection_tokens(value: str) -> frozenset[str]:
+    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+
+
+def _is_hop_by_hop(lower: str, named: frozenset[str]) -> bool:
+    return lower in HOP_BY_HOP or lower.startswith("proxy-") or lower in named
+
+
+def upstream_request_headers(
+    *,
+    meta: Mapping[str, Any],
+    target_host: str,
+    identity: Identity | None,
+    correlation_id: str,
+) -> dict[str, str]:
+    """Headers to send upstream, built from a WSGI environ / Django request.META.
+
+    The WSGI server has already folded repeated request headers into one comma-joined value
+    (equivalent per RFC 9110 §5.3), so a dict holds them faithfully.
+    """
+    named = _connection_tokens(meta.get("HTTP_CONNECTION", ""))
+    headers: dict[str, str] = {"Host": target_host}
+    for key, value in meta.items():
+        if not key.startswith("HTTP_"):
+            continue
+        name, lower = _header_name(key)
+        if lower in _REPLACED or _is_hop_by_hop(lower, named):
+            continue
+        headers[name] = value
+    content_type = meta.get("CONTENT_TYPE")
+    if content_type:
+        headers["Content-Type"] = content_type
+    # A transparent hop: urllib3 / http.client must not add headers the client did not send.
+    if "User-Agent" not in headers:
+        headers["User-Agent"] = SKIP_HEADER
+    if "Accept-Encoding" not in headers:
+        headers["Accept-Encoding"] = SKIP_HEADER
+    remote = meta.get("REMOTE_ADDR") or ""
+    forwarded_for = meta.get("HTTP_X_FORWARDED_FOR")
+    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
+    # What this hop saw, never what the client claims it saw.
+    headers["X-Forwarded-Proto"] = meta.get("wsgi.url_scheme", "http")
+    headers["X-Forwarded-Host"] = meta.get("HTTP_HOST") or meta.get("SERVER_NAME", "")
+    headers["X-Correlation-ID"] = correlation_id
+    if identity is not None:
+        headers["X-User-ID"] = identity.user_id
+        headers["X-Tenant-ID"] = identity.tenant_id
+        headers["X-User-Permissions"] = ",".join(sorted(identity.permissions))
+    return headers
+
+
+def response_headers(raw: urllib3.HTTPResponse) -> list[tuple[str, str]]:
+    """The upstream's response headers minus hop-by-hop ones; repeated headers stay repeated."""
+    named = _connection_tokens(raw.headers.get("Connection", ""))
+    return [
+        (name, value) for name, value in raw.headers.iteritems() if not _is_hop_by_hop(name.lower(), named)
+    ]
+
+
+class UpstreamResponse:
+    """A proxied response: status, headers in upstream order, and either a body or a stream."""
+
+    __slots__ = ("status", "reason", "headers", "body", "stream")
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None = None,
+        stream: UpstreamStream | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.stream = stream
+
+
+class UpstreamStream:
+    """Iterates a large upstream body in bounded chunks and always gives the connection back.
+
+    A class rather than a generator: a WSGI server may call close() before the first chunk, and
+    a generator that never started would never run its cleanup.
+    """
+
+    __slots__ = ("_raw", "_done")
+
+    def __init__(self, raw: urllib3.HTTPResponse) -> None:
+        self._raw = raw
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._raw.stream(STREAM_CHUNK_BYTES, decode_content=False)
+        self._done = True
+
+    def close(self) -> None:
+        if not self._done:
+            self._raw.close()  # half-read: the connection cannot be reused
+        self._raw.release_conn()
+
+
+def _next_start(targets: tuple[str, ...]) -> int:
+    counter = _round_robin.get(targets)
+    if counter is None:
+        with _round_robin_lock:
+            counter = _round_robin.setdefault(targets, itertools.count(random.randrange(len(targets))))
+    return next(counter)  # itertools.count is atomic under the GIL
+
+
+def _pick_target(targets: tuple[str, ...], start: int) -> str | None:
+    count = len(targets)
+    for offset in range(count):
+        target = targets[(start + offset) % count]
+        if circuit_allow(target=target):
+            return target
+    return None
+
+
+def _failure(target: str, service: str) -> None:
+    if circuit_record_failure(target=target):
+        logger.warning("circuit opened for %s (service %s)", target, service)
+        metrics.circuit_opened.labels(service).inc()
+
+
+def proxy_forward(
+    *,
+    route: ResolvedRoute,
+    method: str,
+    path: str,
+    query_string: str,
+    headers: dict[str, str],
+    body: bytes,
+    idempotency_key: bool = False,
+) -> UpstreamResponse:
+    """Send the request to one of the route's targets within `route.timeout_ms`, retrying safely.
+
+    `path` is the upstream path (already rewritten), `query_string` the raw one, forwarded as is.
+    `headers` come from `upstream_request_headers` with a placeholder Host (set per target).
+    Raises BadGateway (502), CircuitOpen (503) or GatewayTimeout (504).
+    """
+    targets = route.targets
+    if not targets:
+        raise CircuitOpen("The service has no enabled target.", headers={"Retry-After": "5"})
+    deadline = time.monotonic() + route.timeout_ms / 1000
+    retry_after_send = method in RETRYABLE_METHODS or idempotency_key
+    start = _next_start(targets)
+    url_tail = f"{path}?{query_string}" if query_string else path
+    send_body = body or None
+    service = route.service
+    attempt = 0
+    while True:
+        target_url = _pick_target(targets, start + attempt)
+        if target_url is None:
+            retry_after = min(circuit_retry_after(target=t) for t in targets)
+            raise CircuitOpen(
+                f"Every target of {service} is failing; retry later.",
+                headers={"Retry-After": str(retry_after)},
+            )
+        target = _target(target_url)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            circuit_release_probe(target=target_url)
+            raise GatewayTimeout(f"{service} did not answer within {route.timeout_ms} ms.")
+        headers["Host"] = target.host
+        started = time.perf_counter()
+        timeout = urllib3.Timeout(connect=remaining, read=remaining)
+        outcome = "error"
+        try:
+            raw = target.pool.urlopen(
+                method,
+                target.path_prefix + url_tail,
+                body=send_body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                timeout=timeout,
+                preload_content=False,
+                decode_content=False,
+            )
+            outcome = str(raw.status)
+            response = _read_response(raw, method)
+        except NewConnectionError as exc:
+            # Refused / unreachable before one byte went out: safe to retry for every method.
+            # (A connect *timeout* is ConnectTimeoutError proper: the budget is spent, see below.)
+            _failure(target_url, service)
+            last_error: ApplicationError = BadGateway(f"Could not connect to {service}.")
+            retryable = True
+            outcome = "connect_error"
+            logger.info("upstream %s refused the connection: %s", target_url, exc)
+        except (ConnectTimeoutError, ReadTimeoutError):
+            _failure(target_url, service)
+            outcome = "timeout"
+            raise GatewayTimeout(f"{service} did not answer within {route.timeout_ms} ms.") from None
+        except (HTTPError, OSError) as exc:
+            # Reset, closed mid-answer, unparsable status line: the request may have been acted on.
+            _failure(target_url, service)
+            last_error = BadGateway(f"{service} closed the connection or sent an invalid response.")
+            retryable = retry_after_send
+            logger.info("upstream %s failed: %r", target_url, exc)
+        else:
+            if response.status not in RETRYABLE_STATUSES:
+                circuit_record_success(target=target_url)
+                return response
+            _failure(target_url, service)
+            if not retry_after_send or attempt >= route.retry_count:
+                return response
+            if not _backoff(attempt, deadline):
+                return response
+            _discard(response)
+            attempt += 1
+            metrics.upstream_retries.labels(service).inc()
+            continue
+        finally:
+            metrics.upstream_latency.labels(service, outcome).observe(time.perf_counter() - started)
+        if not retryable or attempt >= route.retry_count or not _backoff(attempt, deadline):
+            raise last_error
+        attempt += 1
+        metrics.upstream_retries.labels(service).inc()
+
+
+def _backoff(attempt: int, deadline: float) -> bool:
+    """Sleep a full-jitter backoff before the next attempt; False when the budget cannot afford it."""
+    delay = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
+    if time.monotonic() + delay + _MIN_ATTEMPT_SECONDS >= deadline:
+        return False
+    time.sleep(delay)
+    return True
+
+
+def _read_response(raw: urllib3.HTTPResponse, method: str) -> UpstreamResponse:
+    headers = response_headers(raw)
+    length = raw.headers.get("Content-Length")
+    small = length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT_BYTES
+    if method == "HEAD" or raw.status in (204, 304) or small:
+        try:
+            body = raw.read(decode_content=False)
+        except BaseException:
+            raw.close()
+            raw.release_conn()
+            raise
+        raw.release_conn()
+        return UpstreamResponse(status=raw.status, reason=raw.reason or "", headers=headers, body=body)
+    return UpstreamResponse(
+        status=raw.status, reason=raw.reason or "", headers=headers, stream=UpstreamStream(raw)
+    )
+
+
+def _discard(response: UpstreamResponse) -> None:
+    """Drop a response we are about to retry past (its connection is not worth draining)."""
+    if response.stream is not None:
+        response.stream.close()

@@ -1,0 +1,296 @@
+"""The proxy endpoint `/gw/<path>`: resolve → body limit → identity → cache → idempotency → proxy.
+
+Two entrances share `gateway_handle`:
+- `gateway_view`, a plain Django view (urls.py), used by the test client and any server that
+  runs the full Django stack;
+- `GatewayDispatch`, a WSGI wrapper (config/wsgi.py) that sends `/gw/…` straight to
+  `gateway_wsgi` and everything else to Django. The proxy hop then skips the whole middleware
+  stack (sessions, CSRF, auth, messages…), which it never needs; correlation id, problem+json and
+  metrics are done here instead. See docs/gateway-proxy.md for the measured difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote
+
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from common.correlation import (
+    accept_correlation_id,
+    get_correlation_id,
+    reset_correlation_id,
+    set_correlation_id,
+)
+from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
+from gateway import metrics
+from gateway.services.auth import request_identity
+from gateway.services.proxy import UpstreamResponse, proxy_forward, upstream_request_headers
+from gateway.services.response_cache import (
+    response_cache_applies,
+    response_cache_get,
+    response_cache_set,
+)
+from gateway.services.routing import route_resolve, route_upstream_path
+from gateway.types import Identity, RouteMatch
+from idempotency.gateway import gateway_idempotency
+
+logger = logging.getLogger("gatehouse.gateway")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
+# --- Responses that keep repeated headers ------------------------------------------------------
+# Django's response headers are a case-insensitive dict: two Set-Cookie would collapse into one.
+# The first occurrence of each name lives in `headers` (so response["Set-Cookie"] works); the
+# later ones are kept aside and emitted by items(), which is what the WSGI layer sends.
+
+
+class _RepeatedHeadersMixin:
+    repeated_headers: list[tuple[str, str]]
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        return [*self.headers.items(), *self.repeated_headers]  # type: ignore[attr-defined]
+
+    def header_all(self, name: str) -> list[str]:
+        lower = name.lower()
+        return [value for key, value in self.items() if key.lower() == lower]
+
+
+class ProxiedResponse(_RepeatedHeadersMixin, HttpResponse):
+    pass
+
+
+class ProxiedStreamingResponse(_RepeatedHeadersMixin, StreamingHttpResponse):
+    pass
+
+
+def _build_response(
+    *, status: int, reason: str, headers: Iterable[tuple[str, str]], body: bytes | None, stream: Any
+) -> HttpResponseBase:
+    first: dict[str, str] = {}
+    seen: set[str] = set()
+    repeated: list[tuple[str, str]] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in seen:
+            repeated.append((name, value))
+        else:
+            seen.add(lower)
+            first[name] = value
+    has_type = "content-type" in seen
+    if stream is not None:
+        response: HttpResponseBase = ProxiedStreamingResponse(
+            stream, status=status, reason=reason or None, headers=first
+        )
+    else:
+        response = ProxiedResponse(body or b"", status=status, reason=reason or None, headers=first)
+    if not has_type:
+        del response.headers["Content-Type"]  # Django's text/html default is not the upstream's
+    response.repeated_headers = repeated  # type: ignore[attr-defined]
+    return response
+
+
+def _from_upstream(upstream: UpstreamResponse) -> HttpResponseBase:
+    return _build_response(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=upstream.headers,
+        body=upstream.body,
+        stream=upstream.stream,
+    )
+
+
+# --- The pipeline -----------------------------------------------------------------------------
+
+
+def _raw_path(meta: dict[str, Any]) -> str | None:
+    """The path after the /gw prefix, still percent-encoded as the client sent it."""
+    prefix = settings.GATEWAY_PREFIX
+    raw = meta.get("RAW_URI") or meta.get("REQUEST_URI")  # gunicorn / others: the request-target
+    if raw:
+        if "://" in raw:  # absolute-form request-target
+            raw = "/" + raw.split("://", 1)[1].partition("/")[2]
+        raw = raw.partition("?")[0].partition("#")[0]
+    if not raw or not (raw == prefix or raw.startswith(prefix + "/")):
+        # No raw target from the server: re-quote PATH_INFO (a WSGI latin-1 string of bytes).
+        raw = quote(meta.get("PATH_INFO", "").encode("latin-1"), safe=_PATH_SAFE)
+        if not (raw == prefix or raw.startswith(prefix + "/")):
+            return None
+    return raw[len(prefix) :] or "/"
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    meta = request.META
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    declared = meta.get("CONTENT_LENGTH")
+    if declared:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise ValidationFailed("Content-Length is not a number.") from None
+        if length > limit:
+            raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+        body = meta["wsgi.input"].read(length) if length > 0 else b""
+    elif "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        body = meta["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+    else:
+        body = b""
+    request._body = body  # request.body keeps working for the idempotency layer
+    return body
+
+
+def _proxy(
+    request: HttpRequest, match: RouteMatch, identity: Identity | None, body: bytes
+) -> HttpResponseBase:
+    meta = request.META
+    route = match.route
+    headers = upstream_request_headers(
+        meta=meta, target_host="", identity=identity, correlation_id=get_correlation_id()
+    )
+    upstream = proxy_forward(
+        route=route,
+        method=request.method or "GET",
+        path=route_upstream_path(match=match),
+        query_string=meta.get("QUERY_STRING", ""),
+        headers=headers,
+        body=body,
+        idempotency_key="HTTP_IDEMPOTENCY_KEY" in meta,
+    )
+    return _from_upstream(upstream)
+
+
+def gateway_handle(request: HttpRequest) -> HttpResponseBase:
+    """One request under the prefix; every domain error becomes problem+json. Records metrics."""
+    started = time.perf_counter()
+    method = request.method or "GET"
+    route_label = ["unmatched"]
+    status = 500  # what the metric says when something unexpected escapes
+    try:
+        try:
+            response = _dispatch(request, method, route_label)
+        except ApplicationError as exc:
+            response = exc.to_response()
+        status = response.status_code
+        return response
+    finally:
+        metrics.requests_total.labels(
+            route_label[0], method if method in _KNOWN_METHODS else "OTHER", str(status)
+        ).inc()
+        metrics.request_duration.labels(route_label[0]).observe(time.perf_counter() - started)
+
+
+def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> HttpResponseBase:
+    meta = request.META
+    path = _raw_path(meta)
+    if path is None:
+        raise ValidationFailed("Not a gateway path.")
+    match = route_resolve(method=method, path=path)
+    route = match.route
+    route_label[0] = route.path
+    body = _read_body(request)
+    identity = request_identity(authorization=meta.get("HTTP_AUTHORIZATION"), match=match)
+    query_string = meta.get("QUERY_STRING", "")
+    use_cache = response_cache_applies(route=route, method=method)
+    if use_cache:
+        cached = response_cache_get(
+            route=route, method=method, path=match.path, query_string=query_string, identity=identity
+        )
+        if cached is not None:
+            return _build_response(
+                status=cached.status,
+                reason="",
+                headers=cached.headers,
+                body=cached.body,
+                stream=None,
+            )
+    if method in SAFE_METHODS:
+        response = _proxy(request, match, identity, body)
+    else:
+        response = gateway_idempotency(
+            request=request,
+            route=route,
+            identity=identity,
+            path=match.path,
+            body=body,
+            execute=lambda: _proxy(request, match, identity, body),
+        )
+    if use_cache and method == "GET" and not isinstance(response, StreamingHttpResponse):
+        response_cache_set(
+            route=route,
+            method=method,
+            path=match.path,
+            query_string=query_string,
+            identity=identity,
+            status=response.status_code,
+            headers=list(response.items()),
+            body=response.content,  # type: ignore[attr-defined]
+        )
+    return response
+
+
+@csrf_exempt
+def gateway_view(request: HttpRequest, path: str = "") -> HttpResponseBase:
+    """The Django-stack entrance (middleware adds the correlation id and handles the rest)."""
+    return gateway_handle(request)
+
+
+# --- The lean WSGI entrance -------------------------------------------------------------------
+
+
+def _internal_error() -> HttpResponse:
+    return problem_response(
+        status=500,
+        slug="internal-error",
+        title="Internal server error",
+        detail="An unexpected error occurred.",
+    )
+
+
+def gateway_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Serve one `/gw/…` request without Django's URL resolver and middleware stack."""
+    correlation_id = accept_correlation_id(
+        environ.get("HTTP_X_CORRELATION_ID") or environ.get("HTTP_X_REQUEST_ID")
+    )
+    token = set_correlation_id(correlation_id)
+    try:
+        request = WSGIRequest(environ)
+        request.correlation_id = correlation_id  # type: ignore[attr-defined]
+        try:
+            response = gateway_handle(request)
+        except Exception:
+            logger.exception(
+                "unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            )
+            response = _internal_error()
+        response.headers["X-Correlation-ID"] = correlation_id
+        start_response(f"{response.status_code} {response.reason_phrase}", response.items())
+        # HttpResponse.close() sends request_finished: DB connections are returned as usual.
+        return response
+    finally:
+        reset_correlation_id(token)
+
+
+class GatewayDispatch:
+    """WSGI app: `/gw` and `/gw/…` go to the lean gateway entrance, the rest to Django."""
+
+    def __init__(self, django_app: Callable[..., Iterable[bytes]]) -> None:
+        self.django_app = django_app
+        self.prefix = settings.GATEWAY_PREFIX
+        self.prefix_slash = self.prefix + "/"
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self.prefix_slash) or path == self.prefix:
+            return gateway_wsgi(environ, start_response)
+        return self.django_app(environ, start_response)
