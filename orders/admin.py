@@ -1,0 +1,112 @@
+"""Staff view of orders: search, filters, items inline, and actions that go through the services."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from common.errors import ApplicationError
+from orders import services
+from orders.models import Order, OrderItem, ProcessedEvent
+
+
+class OrderItemInline(admin.TabularInline):
+    model = OrderItem
+    extra = 0
+    fields = ("sku", "name", "quantity", "unit_price")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return False
+
+
+def _apply(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Order], action: str, verb: str
+) -> None:
+    """Run a service per selected order; report successes and refusals (409s) separately."""
+    done, refused = 0, []
+    for order_id in queryset.order_by("pk").values_list("pk", flat=True):
+        try:
+            getattr(services, action)(order_id=order_id)
+            done += 1
+        except ApplicationError as exc:
+            refused.append(f"{order_id}: {exc.detail}")
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} order(s).", messages.SUCCESS)
+    for message in refused[:20]:
+        modeladmin.message_user(request, message, messages.WARNING)
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "status",
+        "user_id",
+        "tenant_id",
+        "total_amount",
+        "currency",
+        "expiration_time",
+        "created_at",
+    )
+    list_filter = (
+        "status",
+        "currency",
+        "tenant_id",
+        ("expiration_time", admin.DateFieldListFilter),
+        "created_at",
+    )
+    search_fields = ("=id", "user_id", "tenant_id", "=store_id", "payment_reference", "contact_phone")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+    inlines = [OrderItemInline]
+    list_per_page = 50
+    show_full_result_count = False  # COUNT(*) over millions of orders on every page is slow
+    # Status changes go through the services (compare-and-set + outbox event), never a form save.
+    readonly_fields = (
+        "id",
+        "user_id",
+        "tenant_id",
+        "store_id",
+        "total_amount",
+        "currency",
+        "status",
+        "expiration_time",
+        "payment_reference",
+        "delivery_address",
+        "contact_phone",
+        "created_at",
+        "updated_at",
+    )
+    actions = ("cancel_orders", "expire_orders", "extend_expiration")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # orders are created through the API (totals, events, idempotency)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return False  # an order's history is kept; cancel or expire it instead
+
+    @admin.action(description="Cancel selected pending orders")
+    def cancel_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        _apply(self, request, queryset, "order_cancel", "Cancelled")
+
+    @admin.action(description="Expire selected pending orders now")
+    def expire_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        _apply(self, request, queryset, "order_expire", "Expired")
+
+    @admin.action(description="Extend expiration by one session (ORDER_SESSION_DURATION_MINUTES)")
+    def extend_expiration(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        _apply(self, request, queryset, "order_extend_expiration", "Extended")
+
+
+@admin.register(ProcessedEvent)
+class ProcessedEventAdmin(admin.ModelAdmin):
+    list_display = ("event_id", "consumer_group_name", "outcome", "order_id", "processed_at")
+    list_filter = ("consumer_group_name", "outcome")
+    search_fields = ("=event_id", "=order_id")
+    readonly_fields = ("event_id", "consumer_group_name", "outcome", "order_id", "processed_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
