@@ -66,7 +66,7 @@ def test_hs256_signed_with_the_public_key_is_refused(token_service):
 def test_wrong_signature_is_refused(token_service, http_server_factory, settings):
     from tests.support.tokens import TokenService
 
-    other = TokenService(http_server_factory, settings)  # another key pair, same kid as ours
+    other = TokenService(http_server_factory(), settings)  # another key pair, same kid as ours
     forged = other.token(kid=token_service.signing_key.kid)
     settings.JWT_JWKS_URL = token_service.jwks_url  # the gateway trusts the first service only
 

@@ -61,7 +61,7 @@ class SigningKey:
 
 
 class TokenService:
-    def __init__(self, http_server_factory: Any, settings: Any) -> None:
+    def __init__(self, server: HttpServer, settings: Any) -> None:
         self._lock = threading.Lock()
         self._settings = settings
         self.keys: list[SigningKey] = [self._rsa_key()]
@@ -71,7 +71,9 @@ class TokenService:
         self.introspection_count = 0
         self.inactive_jtis: set[str] = set()
         self.jwks_status = 200  # set to 503 to make the JWKS endpoint fail
-        self.server: HttpServer = http_server_factory(self._handle)
+        self.server = server
+        server.requests.clear()
+        server.handler = self._handle
         self.url = self.server.url
         self.jwks_url = f"{self.url}/jwks"
         self.introspect_url = f"{self.url}/introspect"
@@ -238,13 +240,15 @@ class TokenService:
 
 
 class RbacResolver:
-    def __init__(self, http_server_factory: Any, settings: Any) -> None:
+    def __init__(self, server: HttpServer, settings: Any) -> None:
         self._lock = threading.Lock()
         self.permissions: dict[tuple[str, str], list[str]] = {}
         self.default_permissions: list[str] = []
         self.calls: list[tuple[str, str]] = []
         self.status = 200
-        self.server: HttpServer = http_server_factory(self._handle)
+        self.server = server
+        server.requests.clear()
+        server.handler = self._handle
         self.url = f"{self.server.url}/permissions"
         settings.RBAC_RESOLVER_URL = self.url
 
@@ -290,11 +294,32 @@ def _b64(obj: Any) -> str:
     return _b64_bytes(json.dumps(obj, separators=(",", ":")).encode())
 
 
-@pytest.fixture
-def token_service(http_server_factory, settings) -> TokenService:
-    return TokenService(http_server_factory, settings)
+def _not_found(request: RecordedRequest) -> Reply:
+    return Reply(404, b"no test is using this server")
+
+
+# One server each for the whole process (daemon threads), handed to a fresh TokenService /
+# RbacResolver per test: stopping a server costs ~0.5 s (serve_forever's poll interval) per test.
+_shared_servers: dict[str, HttpServer] = {}
+
+
+def _shared_server(name: str) -> HttpServer:
+    if name not in _shared_servers:
+        _shared_servers[name] = HttpServer(_not_found)
+    return _shared_servers[name]
 
 
 @pytest.fixture
-def rbac_resolver(http_server_factory, settings) -> RbacResolver:
-    return RbacResolver(http_server_factory, settings)
+def token_service(settings):
+    server = _shared_server("token-service")
+    service = TokenService(server, settings)
+    yield service
+    server.handler = _not_found
+
+
+@pytest.fixture
+def rbac_resolver(settings):
+    server = _shared_server("rbac-resolver")
+    resolver = RbacResolver(server, settings)
+    yield resolver
+    server.handler = _not_found

@@ -1,0 +1,94 @@
+"""Endpoints for the token service and IAM to push changes: revocations, key rotation, RBAC updates.
+
+Authenticated with the shared secret `GATEWAY_INTERNAL_TOKEN` (`Authorization: Bearer …`).
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+from rest_framework import serializers
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from common.errors import ServiceUnavailable
+from gateway.authentication import InternalTokenAuthentication
+
+
+class _InternalAPIView(APIView):
+    authentication_classes = [InternalTokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class RevocationCreateApi(_InternalAPIView):
+    class InputSerializer(serializers.Serializer):
+        jti = serializers.CharField(max_length=255)
+        expires_at = serializers.DateTimeField(required=False)
+        ttl = serializers.IntegerField(required=False, min_value=1, max_value=366 * 24 * 3600)
+
+        def validate(self, attrs: dict) -> dict:
+            if "expires_at" in attrs and "ttl" in attrs:
+                raise serializers.ValidationError("Give expires_at or ttl, not both.")
+            return attrs
+
+    class OutputSerializer(serializers.Serializer):
+        jti = serializers.CharField()
+        expires_at = serializers.DateTimeField()
+
+    def post(self, request: Request) -> Response:
+        from gateway.services.revocation import token_revoke
+
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        revoked = token_revoke(
+            jti=data["jti"], expires_at=data.get("expires_at"), ttl_seconds=data.get("ttl")
+        )
+        return Response(self.OutputSerializer(revoked).data, status=201)
+
+
+class JwksRotatedApi(_InternalAPIView):
+    """`jwt.jwks.rotated`: refetch the key set now and have every instance use it."""
+
+    def post(self, request: Request) -> Response:
+        from gateway.services.jwks import JwksUnavailable, jwks_refresh
+
+        try:
+            keys = jwks_refresh()
+        except JwksUnavailable as exc:
+            raise ServiceUnavailable("The JWKS could not be fetched.") from exc
+        return Response({"event": "jwt.jwks.rotated", "keys": keys}, status=202)
+
+
+class RbacUpdatedApi(_InternalAPIView):
+    """`rbac.updated`: forget cached permissions of one user in one tenant, or of everyone."""
+
+    class InputSerializer(serializers.Serializer):
+        user_id = serializers.CharField(required=False, max_length=255)
+        tenant_id = serializers.CharField(required=False, max_length=255, allow_blank=True)
+        all = serializers.BooleanField(required=False, default=False)
+
+        def validate(self, attrs: dict) -> dict:
+            if attrs["all"] == ("user_id" in attrs):
+                raise serializers.ValidationError("Give user_id (and tenant_id), or all: true.")
+            return attrs
+
+    def post(self, request: Request) -> Response:
+        from gateway.services.rbac import rbac_invalidate
+
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if data["all"]:
+            deleted = rbac_invalidate()
+        else:
+            deleted = rbac_invalidate(user_id=data["user_id"], tenant_id=data.get("tenant_id", ""))
+        return Response({"event": "rbac.updated", "deleted": deleted}, status=202)
+
+
+urlpatterns = [
+    path("revocations", RevocationCreateApi.as_view(), name="internal-revocations"),
+    path("jwks/rotated", JwksRotatedApi.as_view(), name="internal-jwks-rotated"),
+    path("rbac/updated", RbacUpdatedApi.as_view(), name="internal-rbac-updated"),
+]
