@@ -25,3 +25,124 @@ def _restore_correlation_id(task=None, **_: object) -> None:  # type: ignore[no-
 
     incoming = getattr(task.request, "correlation_id", None) if task else None
     set_correlation_id(incoming or new_correlation_id())
+
+
+# --- Single-beat guard ------------------------------------------------------------------------
+# Two beat processes (a rolling deploy, a second replica started by mistake) would both schedule
+# every entry. The tasks are idempotent, so that is wasteful rather than wrong, but the guard keeps
+# it to one: a beat only schedules while it holds a lock, renewed on every tick. With Redis the
+# lock is a key with a TTL (a crashed leader's lock lapses, and another beat takes over after at
+# most the TTL); without Redis (embedded default) it is an exclusive flock on a file in the var
+# directory, released by the kernel when the holder dies.
+
+import fcntl  # noqa: E402
+import logging  # noqa: E402
+import os as _os  # noqa: E402
+import uuid  # noqa: E402
+
+from celery.beat import Scheduler  # noqa: E402
+
+logger = logging.getLogger("gatehouse.beat")
+
+_RENEW_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class RedisBeatLock:
+    """A lease in Redis: SET NX PX to take it, a compare-and-renew script to keep it."""
+
+    def __init__(self, url: str, key: str, ttl_seconds: float) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.key, self.ttl_ms = key, int(ttl_seconds * 1000)
+        self.token = uuid.uuid4().hex
+
+    def acquire(self) -> bool:
+        """Take or renew the lock; False when another beat holds it (or Redis is unreachable)."""
+        try:
+            return bool(self.client.eval(_RENEW_SCRIPT, 1, self.key, self.token, self.ttl_ms))
+        except Exception as exc:  # cannot prove leadership: do not schedule
+            logger.warning("beat lock unavailable: %s", exc)
+            return False
+
+    def release(self) -> None:
+        try:
+            self.client.eval(_RELEASE_SCRIPT, 1, self.key, self.token)
+        except Exception:
+            logger.debug("beat lock release failed", exc_info=True)
+
+
+class FileBeatLock:
+    """An exclusive non-blocking flock: one beat per machine, freed when its process dies."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        _os.makedirs(_os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = _os.open(self.path, _os.O_RDWR | _os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            _os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _os.close(self._fd)
+            self._fd = None
+
+
+def beat_lock_from_settings() -> RedisBeatLock | FileBeatLock:
+    from django.conf import settings
+
+    if settings.BEAT_LOCK_REDIS_URL:
+        return RedisBeatLock(
+            settings.BEAT_LOCK_REDIS_URL, settings.BEAT_LOCK_KEY, settings.BEAT_LOCK_TTL_SECONDS
+        )
+    return FileBeatLock(settings.BEAT_LOCK_FILE)
+
+
+class GuardedScheduler(Scheduler):
+    """celery beat's in-memory scheduler, scheduling only while this beat holds the beat lock.
+
+    In-memory (not the shelve-backed PersistentScheduler): two beats must not share one shelve
+    file, and forgetting last-run times on restart only runs the idempotent tasks once early.
+    """
+
+    def __init__(
+        self, *args: object, lock: RedisBeatLock | FileBeatLock | None = None, **kwargs: object
+    ) -> None:
+        self.lock = lock or beat_lock_from_settings()
+        self.is_leader = False
+        super().__init__(*args, **kwargs)
+
+    def tick(self, *args: object, **kwargs: object) -> float:
+        from django.conf import settings
+
+        holds = self.lock.acquire()
+        if holds != self.is_leader:
+            logger.warning("beat %s the schedule lock", "took" if holds else "lost")
+            self.is_leader = holds
+        if not holds:
+            return min(self.max_interval, settings.BEAT_LOCK_TTL_SECONDS / 3)
+        return min(super().tick(*args, **kwargs), settings.BEAT_LOCK_TTL_SECONDS / 3)
+
+    def close(self) -> None:
+        super().close()
+        self.lock.release()

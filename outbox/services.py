@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -13,9 +14,30 @@ from common.correlation import get_correlation_id
 from common.errors import ApplicationError
 from outbox.models import OutboxEvent
 
+logger = logging.getLogger(__name__)
+
 
 class OutboxOutsideTransaction(ApplicationError):
     status, slug, title = 500, "outbox-outside-transaction", "Outbox write outside a transaction"
+
+
+def _nudge_relay() -> None:
+    """Ask a worker to relay now. Never raises: the business transaction has already committed,
+    and the beat entry relays the backlog anyway if the broker is down."""
+    try:
+        from outbox.tasks import outbox_relay
+
+        outbox_relay.apply_async(retry=False, expires=60)
+    except Exception as exc:
+        logger.warning("outbox relay nudge not sent (the beat entry will relay): %s", exc)
+
+
+def _nudge_relay_on_commit(using: str) -> None:
+    """At most one nudge per transaction, however many events it writes."""
+    connection = transaction.get_connection(using)
+    if any(entry[1] is _nudge_relay for entry in connection.run_on_commit):
+        return
+    transaction.on_commit(_nudge_relay, using=using)
 
 
 def outbox_publish(
@@ -33,6 +55,7 @@ def outbox_publish(
             "outbox_publish() must run inside the business transaction (transaction.atomic)."
         )
     event_headers = {"correlation_id": get_correlation_id(), **(headers or {})}
+    _nudge_relay_on_commit(using)
     return OutboxEvent.objects.using(using).create(
         aggregatetype=aggregatetype,
         aggregateid=str(aggregateid),
@@ -77,5 +100,57 @@ def outbox_publish_many(
             )
         )
     if rows:
+        _nudge_relay_on_commit(using)
         OutboxEvent.objects.using(using).bulk_create(rows, batch_size=batch_size)
     return len(rows)
+
+
+def outbox_replay(
+    *,
+    ids: Iterable[str] | None = None,
+    dead: bool = False,
+    aggregate: tuple[str, str] | None = None,
+) -> int:
+    """Send events again: reset the chosen ones to `pending` with fresh attempts.
+
+    Chosen = the given ids, and/or every dead event (`dead`), and/or every event of one
+    aggregate (`aggregate=(type, id)`). Consumers dedupe by event id, so re-sending a published
+    event is harmless. Returns the number of events reset.
+    """
+    from django.db.models import Q
+
+    chosen = Q(pk__in=[])
+    if ids:
+        chosen |= Q(id__in=list(ids))
+    if dead:
+        chosen |= Q(status=OutboxEvent.Status.DEAD)
+    if aggregate:
+        chosen |= Q(aggregatetype=aggregate[0], aggregateid=aggregate[1])
+    with transaction.atomic():
+        count = OutboxEvent.objects.filter(chosen).update(
+            status=OutboxEvent.Status.PENDING,
+            attempts=0,
+            available_at=timezone.now(),
+            locked_until=None,
+            published_at=None,
+        )
+        if count:
+            transaction.on_commit(_nudge_relay)
+    return count
+
+
+def outbox_purge_published(*, older_than: timedelta | None = None, batch_size: int = 5000) -> int:
+    """Delete published events past the retention window, in batches (short locks, any size)."""
+    from django.conf import settings
+
+    cutoff = timezone.now() - (older_than or timedelta(days=settings.OUTBOX_RETENTION_DAYS))
+    deleted = 0
+    while True:
+        ids = list(
+            OutboxEvent.objects.filter(
+                status=OutboxEvent.Status.PUBLISHED, published_at__lt=cutoff
+            ).values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return deleted
+        deleted += OutboxEvent.objects.filter(id__in=ids, status=OutboxEvent.Status.PUBLISHED).delete()[0]

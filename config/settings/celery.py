@@ -13,11 +13,18 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {"data_folder_in": _broker_dir, "data_folder_out": _broker_dir, "processed_folder": _broker_dir}
     if CELERY_BROKER_URL.startswith("filesystem")
-    else {"visibility_timeout": 3600, "confirm_publish": True}
+    # Redis: an unacked (acks_late) message is redelivered after visibility_timeout; it must
+    # exceed the hard time limit so a task still running is never handed to a second worker.
+    # AMQP: confirm_publish makes apply_async wait for the broker's ack.
+    else {"visibility_timeout": 600, "confirm_publish": True}
 )
+# A nudge or a beat tick against a dead broker fails within seconds instead of hanging.
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves the message to be redelivered
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Lost broker connection: cancel running acks_late tasks (they are redelivered and idempotent).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -27,6 +34,13 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BEAT_SCHEDULE_FILENAME = f"{_var}/celerybeat-schedule"
+# Single-beat guard (config.celery.GuardedScheduler): only the beat holding the lock schedules.
+CELERY_BEAT_SCHEDULER = "config.celery:GuardedScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5  # ticks (and lock renewals) at least this often
+BEAT_LOCK_REDIS_URL = env("BEAT_LOCK_REDIS_URL", default=env("REDIS_URL", default=""))
+BEAT_LOCK_KEY = env("BEAT_LOCK_KEY", default="gatehouse:celery-beat-lock")
+BEAT_LOCK_TTL_SECONDS = env.float("BEAT_LOCK_TTL_SECONDS", default=30.0)
+BEAT_LOCK_FILE = f"{_var}/celerybeat.lock"
 
 # Each beat entry expires before the next one is due: a backlog of stale ticks is useless.
 CELERY_BEAT_SCHEDULE = {

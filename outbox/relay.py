@@ -1,0 +1,346 @@
+"""The outbox relay: claim with a lease, publish with no transaction open, mark after confirm.
+
+Order per aggregate. An event is a *head* when no earlier event (lower `sequence`) of its
+aggregate is still pending or dead. A relay claims heads with `FOR UPDATE SKIP LOCKED` and, in
+the same transaction, the pending events that follow them, and commits a lease
+(`locked_until`). While a head is leased no other relay can claim anything of that aggregate:
+its head is leased and its later events are not heads. So two relays never hold events of one
+aggregate at the same time (except after a lease expired, when the old holder is presumed dead;
+it may then still publish, which is the at-least-once duplicate consumers dedupe by event id).
+The NOT EXISTS is evaluated on the statement's snapshot, where "published" can only be seen once
+the publish really was confirmed, so a stale snapshot can only make a relay claim less.
+
+Publishing goes in waves: wave k carries the k-th claimed event of every aggregate, so an
+aggregate's next event is sent only after the previous one was confirmed; a failure stops that
+aggregate for this batch and releases the rest of its claim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from outbox import metrics
+from outbox.models import OutboxEvent
+from outbox.publishers import Failures, Publisher, RelayEvent, publisher_from_settings
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_MAX_SECONDS = 3600.0
+_COLUMNS = (
+    "id",
+    "sequence",
+    "aggregatetype",
+    "aggregateid",
+    "type",
+    "payload",
+    "headers",
+    "created_at",
+    "attempts",
+)
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    published: int = 0
+    failed: int = 0
+    dead: int = 0
+    released: int = 0
+
+
+@dataclass
+class RelayHooks:
+    """Fault-injection points for tests (a relay paused here can be SIGKILLed)."""
+
+    after_claim: Callable[[list[RelayEvent]], None] | None = None
+    after_publish: Callable[[list[UUID]], None] | None = None
+
+
+@dataclass
+class DrainResult:
+    batches: int = 0
+    published: int = 0
+    failed: int = 0
+    dead: int = 0
+    seconds: float = 0.0
+    results: list[BatchResult] = field(default_factory=list)
+
+
+def outbox_backoff_delay(*, attempts: int) -> float:
+    """Seconds before retry number `attempts`: base·2^(attempts-1), capped, with 'equal jitter'.
+
+    The jitter keeps the delay within [d/2, d], so successive retries never move earlier.
+    """
+    delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+_HEADS_SQL = """
+WITH heads AS (
+    SELECT e.id FROM outbox_event e
+    WHERE e.status = 'pending' AND e.available_at <= %(now)s
+      AND (e.locked_until IS NULL OR e.locked_until < %(now)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox_event p
+          WHERE p.aggregatetype = e.aggregatetype AND p.aggregateid = e.aggregateid
+            AND p.status IN ('pending', 'dead') AND p.sequence < e.sequence)
+    ORDER BY e.sequence
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE outbox_event o SET locked_until = %(lease)s FROM heads WHERE o.id = heads.id
+RETURNING {columns}
+"""
+# Followers are not heads, so no other live relay claims them: wait for a row lock (a late mark
+# by a holder whose lease expired) rather than skip it and leave a gap in the aggregate's order.
+_FOLLOWERS_SQL = """
+WITH followers AS (
+    SELECT e.id FROM outbox_event e
+    JOIN unnest(%(types)s::text[], %(ids)s::text[], %(sequences)s::bigint[]) AS h(t, a, s)
+      ON e.aggregatetype = h.t AND e.aggregateid = h.a AND e.sequence > h.s
+    WHERE e.status = 'pending'
+    ORDER BY e.sequence
+    LIMIT %(limit)s
+    FOR UPDATE OF e
+)
+UPDATE outbox_event o SET locked_until = %(lease)s FROM followers WHERE o.id = followers.id
+RETURNING {columns}
+"""
+_RETURNING = ", ".join(f"o.{column}" for column in _COLUMNS)
+
+
+def _row_to_event(row: tuple) -> RelayEvent:  # type: ignore[type-arg]
+    event_id, sequence, aggregatetype, aggregateid, type_, payload, headers, created_at, attempts = row
+    if not isinstance(payload, str):  # ORM path: decoded JSON; raw PostgreSQL path: JSON text
+        payload = json.dumps(payload, separators=(",", ":"))
+    if isinstance(headers, str):
+        headers = json.loads(headers)
+    return RelayEvent(
+        event_id, sequence, aggregatetype, aggregateid, type_, payload, headers or {}, created_at, attempts
+    )
+
+
+def _claim_postgresql(now: datetime, lease: datetime, batch_size: int) -> list[tuple]:  # type: ignore[type-arg]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _HEADS_SQL.format(columns=_RETURNING),
+            {"now": now, "lease": lease, "limit": batch_size},
+        )
+        rows = cursor.fetchall()
+        room = batch_size - len(rows)
+        if rows and room > 0:
+            cursor.execute(
+                _FOLLOWERS_SQL.format(columns=_RETURNING),
+                {
+                    "types": [row[2] for row in rows],
+                    "ids": [row[3] for row in rows],
+                    "sequences": [row[1] for row in rows],
+                    "lease": lease,
+                    "limit": room,
+                },
+            )
+            rows += cursor.fetchall()
+    return rows
+
+
+def _claim_portable(now: datetime, lease: datetime, batch_size: int) -> list[tuple]:  # type: ignore[type-arg]
+    """Other databases (SQLite): the same rule with the ORM. SQLite has one writer at a time, so
+    a second relay's lease write fails (database locked) and it retries next round."""
+    earlier_unpublished = OutboxEvent.objects.filter(
+        aggregatetype=OuterRef("aggregatetype"),
+        aggregateid=OuterRef("aggregateid"),
+        sequence__lt=OuterRef("sequence"),
+        status__in=[OutboxEvent.Status.PENDING, OutboxEvent.Status.DEAD],
+    )
+    heads = list(
+        OutboxEvent.objects.filter(status=OutboxEvent.Status.PENDING, available_at__lte=now)
+        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+        .filter(~Exists(earlier_unpublished))
+        .order_by("sequence")
+        .select_for_update(skip_locked=True)
+        .values_list(*_COLUMNS)[:batch_size]
+    )
+    rows = heads
+    room = batch_size - len(heads)
+    if heads and room > 0:
+        after_heads = Q()
+        for head in heads:
+            after_heads |= Q(aggregatetype=head[2], aggregateid=head[3], sequence__gt=head[1])
+        rows = heads + list(
+            OutboxEvent.objects.filter(after_heads, status=OutboxEvent.Status.PENDING)
+            .order_by("sequence")
+            .select_for_update()
+            .values_list(*_COLUMNS)[:room]
+        )
+    if rows:
+        OutboxEvent.objects.filter(id__in=[row[0] for row in rows]).update(locked_until=lease)
+    return rows
+
+
+def outbox_claim(*, batch_size: int, lease_seconds: int | None = None) -> list[RelayEvent]:
+    """Claim up to `batch_size` events (heads plus their followers) and commit the lease."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=lease_seconds or settings.OUTBOX_LEASE_SECONDS)
+    claim = _claim_postgresql if connection.vendor == "postgresql" else _claim_portable
+    try:
+        with transaction.atomic():
+            rows = claim(now, lease, batch_size)
+    except OperationalError as exc:  # deadlock, lock timeout, SQLite busy: next round
+        logger.warning("outbox claim failed, retrying next round: %s", exc)
+        return []
+    events = [_row_to_event(row) for row in rows]
+    events.sort(key=lambda event: event.sequence)
+    return events
+
+
+def _update_pending(ids: list[UUID], **values: object) -> int:
+    """UPDATE the still-pending rows among `ids`, retried if PostgreSQL breaks a deadlock.
+
+    A deadlock needs two relays writing the same rows, i.e. a lease that expired while its holder
+    was still alive; the database picks a victim and the retry then goes through."""
+    updated = 0
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        for attempt in range(3):
+            try:
+                with transaction.atomic():
+                    updated += OutboxEvent.objects.filter(
+                        id__in=chunk, status=OutboxEvent.Status.PENDING
+                    ).update(**values)
+                break
+            except OperationalError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+    return updated
+
+
+def outbox_mark_published(*, ids: list[UUID]) -> int:
+    """Confirmed by the publisher: published (also if the lease expired meanwhile: it was sent)."""
+    return _update_pending(
+        ids,
+        status=OutboxEvent.Status.PUBLISHED,
+        published_at=timezone.now(),
+        locked_until=None,
+    )
+
+
+def outbox_mark_failed(*, failures: Failures, events: dict[UUID, RelayEvent]) -> int:
+    """attempts + 1, last_error, back off; `dead` after OUTBOX_MAX_ATTEMPTS. Returns deaths."""
+    now = timezone.now()
+    dead = 0
+    for event_id, reason in failures.items():
+        attempts = events[event_id].attempts + 1
+        is_dead = attempts >= settings.OUTBOX_MAX_ATTEMPTS
+        dead += is_dead
+        _update_pending(
+            [event_id],
+            attempts=attempts,
+            last_error=reason[:2000],
+            locked_until=None,
+            available_at=now + timedelta(seconds=outbox_backoff_delay(attempts=attempts)),
+            status=OutboxEvent.Status.DEAD if is_dead else OutboxEvent.Status.PENDING,
+        )
+    return dead
+
+
+def outbox_release(*, ids: list[UUID]) -> None:
+    """Give back claimed events that were not attempted (an earlier one of their aggregate failed)."""
+    _update_pending(ids, locked_until=None)
+
+
+def outbox_relay_batch(
+    *,
+    publisher: Publisher | None = None,
+    batch_size: int | None = None,
+    hooks: RelayHooks | None = None,
+) -> BatchResult:
+    """One claim → publish → mark round. Idempotent; safe to run in several processes at once."""
+    publisher = publisher or publisher_from_settings()
+    events = outbox_claim(batch_size=batch_size or settings.OUTBOX_BATCH_SIZE)
+    result = BatchResult(claimed=len(events))
+    if not events:
+        return result
+    if hooks and hooks.after_claim:
+        hooks.after_claim(events)
+
+    # No transaction is open from here until the marks: a slow broker holds no row locks.
+    queues: dict[tuple[str, str], deque[RelayEvent]] = defaultdict(deque)
+    for event in events:
+        queues[(event.aggregatetype, event.aggregateid)].append(event)
+    confirmed: list[UUID] = []
+    failures: Failures = {}
+    released: list[UUID] = []
+    while queues:
+        wave = [queue.popleft() for queue in queues.values()]
+        wave_failures = publisher.publish(wave)
+        for event in wave:
+            key = (event.aggregatetype, event.aggregateid)
+            if event.id in wave_failures:
+                failures[event.id] = wave_failures[event.id]
+                released.extend(item.id for item in queues.pop(key))
+            else:
+                confirmed.append(event.id)
+                if not queues[key]:
+                    del queues[key]
+
+    if hooks and hooks.after_publish:
+        hooks.after_publish(confirmed)
+    if confirmed:
+        result.published = outbox_mark_published(ids=confirmed)
+        metrics.published_total.inc(len(confirmed))
+    if failures:
+        result.failed = len(failures)
+        result.dead = outbox_mark_failed(failures=failures, events={e.id: e for e in events})
+        metrics.publish_failures_total.inc(len(failures))
+        logger.warning(
+            "outbox: %d events failed to publish (%d now dead); first error: %s",
+            len(failures),
+            result.dead,
+            next(iter(failures.values())),
+        )
+    if released:
+        result.released = len(released)
+        outbox_release(ids=released)
+    return result
+
+
+def outbox_relay_drain(
+    *,
+    publisher: Publisher | None = None,
+    batch_size: int | None = None,
+    max_seconds: float | None = None,
+    hooks: RelayHooks | None = None,
+    on_batch: Callable[[BatchResult, DrainResult], None] | None = None,
+) -> DrainResult:
+    """Relay batches until nothing is claimable (or `max_seconds` passed)."""
+    started = time.monotonic()
+    total = DrainResult()
+    while True:
+        batch = outbox_relay_batch(publisher=publisher, batch_size=batch_size, hooks=hooks)
+        if not batch.claimed:
+            break
+        total.batches += 1
+        total.published += batch.published
+        total.failed += batch.failed
+        total.dead += batch.dead
+        if on_batch:
+            on_batch(batch, total)
+        if max_seconds is not None and time.monotonic() - started >= max_seconds:
+            break
+    total.seconds = time.monotonic() - started
+    return total
