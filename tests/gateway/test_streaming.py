@@ -1,0 +1,82 @@
+"""Large responses stream through the gateway with bounded memory."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import requests
+
+from tests.gateway.proxy_support import proxy_route, server_pids, status_kb
+from tests.support.servers import Reply
+
+CHUNK = bytes(range(256)) * 256  # 64 KiB
+CHUNKS = 800  # 50 MiB
+
+
+def big_body():
+    for _ in range(CHUNKS):
+        yield CHUNK
+
+
+@pytest.mark.django_db(transaction=True)
+def test_50_mb_response_streams_without_the_gateway_growing(http_server_factory, gateway_process_factory):
+    # given
+    upstream = http_server_factory(
+        lambda request: (
+            Reply(200, big_body(), headers=[("Content-Type", "application/octet-stream")])
+            if request.path.startswith("/big")
+            else Reply(200, b"small")
+        )
+    )
+    proxy_route(upstream.url, path="/**")
+    gateway = gateway_process_factory()
+    port = int(gateway.rsplit(":", 1)[1])
+    assert requests.get(f"{gateway}/gw/warm-up", timeout=10).content == b"small"
+    pids = server_pids(port)
+    assert pids, "the gateway's server processes were not found"
+    peak_before = {pid: status_kb(pid, "VmHWM") for pid in pids}
+
+    # when: read slowly enough that a buffering gateway would have to hold the body
+    digest = hashlib.sha256()
+    received = 0
+    with requests.get(f"{gateway}/gw/big", stream=True, timeout=60) as response:
+        assert response.status_code == 200
+        for piece in response.iter_content(256 * 1024):
+            digest.update(piece)
+            received += len(piece)
+
+    # then: every byte arrived, and no process's peak memory grew by more than a few MB
+    assert received == CHUNKS * len(CHUNK)
+    assert digest.hexdigest() == hashlib.sha256(CHUNK * CHUNKS).hexdigest()
+    growth_mb = max(status_kb(pid, "VmHWM") - peak_before[pid] for pid in pids) / 1024
+    assert growth_mb < 8, f"peak memory grew by {growth_mb:.1f} MB"
+
+
+@pytest.mark.django_db
+def test_large_body_with_length_streams_and_keeps_content_length(client, http_server_factory):
+    body = b"x" * (3 * 1024 * 1024)
+    upstream = http_server_factory(lambda request: Reply(200, body))
+    proxy_route(upstream.url, path="/file")
+
+    response = client.get("/gw/file")
+
+    assert response.streaming
+    assert response["Content-Length"] == str(len(body))
+    assert b"".join(response.streaming_content) == body
+
+
+@pytest.mark.django_db
+def test_connection_is_reused_after_a_stream_that_the_client_abandoned(client, http_server_factory):
+    upstream = http_server_factory(
+        lambda request: Reply(200, big_body()) if request.path == "/big" else Reply(200, b"next")
+    )
+    proxy_route(upstream.url, path="/**")
+
+    abandoned = client.get("/gw/big")
+    next(iter(abandoned.streaming_content))  # one chunk, then the client goes away
+    abandoned.close()
+    follow_up = client.get("/gw/after")
+
+    assert follow_up.status_code == 200
+    assert follow_up.content == b"next"
