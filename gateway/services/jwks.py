@@ -105,6 +105,8 @@ def jwks_signing_key(*, kid: str | None) -> PyJWK:
 def jwks_refresh(*, publish: bool = True) -> int:
     """Fetch the key set now, store it, and tell every instance (`jwt.jwks.rotated`)."""
     keyset = _fetch_and_store(reason="refresh")
+    jwks_local_clear()  # this process now (tokens verified with a removed key); others on the message
+    _remember(keyset)
     if publish:
         from gateway.services.invalidation import invalidation_publish
 
@@ -150,9 +152,8 @@ def _keyset() -> KeySet:
         if keyset is not None:
             return keyset
         try:
-            # A cold fetch is not gated (nothing can verify without keys) but consumes the
-            # cooldown, so a kid flood right after it cannot add a second fetch.
-            _take_cooldown()
+            # A cold fetch is not gated by the refetch cooldown: nothing verifies without keys,
+            # and it happens once per JWKS_TTL_SECONDS (the Redis entry), not per token.
             return _fetch_and_store(reason="cold", locked=True)
         except JwksUnavailable:
             stale = _last_known.get("keyset")
