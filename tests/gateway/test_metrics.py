@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -63,8 +64,12 @@ def test_metrics_add_up_across_worker_processes(http_server_factory, gateway_pro
         {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "WEB_WORKERS": "2", "WEB_THREADS": "2"}
     )
 
-    for _ in range(20):  # a new connection each time: the requests spread over both workers
-        assert requests.get(f"{gateway}/gw/multi", timeout=10).status_code == 200
+    # concurrent requests on new connections: both workers accept some
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(
+            pool.map(lambda _: requests.get(f"{gateway}/gw/multi", timeout=10).status_code, range(20))
+        )
+    assert statuses == [200] * 20
 
     # every scrape, whichever worker answers it, counts all 20
     pattern = re.compile(r'gateway_requests_total\{method="GET",route="/multi",status="200"\} (\S+)')
