@@ -1,0 +1,211 @@
+"""Revoked tokens: command, internal endpoint, introspection, DB record surviving Redis."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from django.core.management import call_command
+
+from common.errors import NotAuthenticated
+from common.local_cache import reset_all_local_caches
+from gateway.models import RevokedToken
+from gateway.services.revocation import revoked_tokens_purge
+from gateway.services.tokens import token_authenticate
+
+pytestmark = pytest.mark.django_db
+
+INTERNAL_SECRET = "internal-secret-for-tests"
+
+
+def _accepted(bearer: str) -> bool:
+    try:
+        token_authenticate(authorization=bearer)
+    except NotAuthenticated as exc:
+        assert exc.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        return False
+    return True
+
+
+def _redis_down(settings) -> None:
+    from tests.support.servers import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": settings.REDIS_URL}}
+
+
+def test_revoke_command_refuses_that_token_only(token_service, django_capture_on_commit_callbacks):
+    revoked = token_service.bearer(jti="jti-revoked")
+    other = token_service.bearer(jti="jti-other")
+    assert _accepted(revoked)  # "not revoked" is now cached in Redis and this process
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("revoke_token", "jti-revoked", "--ttl", "600")
+
+    assert not _accepted(revoked)
+    assert _accepted(other)
+    assert cache.get("revoked:jti-revoked") == "true"
+    assert 0 < cache.ttl("revoked:jti-revoked") <= 180
+    assert RevokedToken.objects.filter(jti="jti-revoked").exists()
+
+
+def test_revocation_outlives_the_redis_entry(token_service, django_capture_on_commit_callbacks):
+    bearer = token_service.bearer(jti="jti-1")
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("revoke_token", "jti-1")
+    cache.clear()  # Redis restarted / entry expired after 180 s
+    reset_all_local_caches()
+
+    assert not _accepted(bearer)
+
+
+def test_revocation_holds_with_redis_down(token_service, settings, django_capture_on_commit_callbacks):
+    bearer = token_service.bearer(jti="jti-1")
+    _redis_down(settings)
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("revoke_token", "jti-1")
+    reset_all_local_caches()
+
+    assert not _accepted(bearer)
+    assert _accepted(token_service.bearer(jti="jti-2"))
+
+
+def test_a_miss_without_introspection_means_not_revoked(token_service, settings):
+    settings.TOKEN_INTROSPECT_URL = ""
+    token_service.revoke_via_introspection("jti-1")  # nobody asks
+
+    assert _accepted(token_service.bearer(jti="jti-1"))
+    assert token_service.introspection_count == 0
+    assert cache.get("revoked:jti-1") == "false"
+
+
+def test_introspection_inactive_token_is_refused_and_the_answer_cached(token_service):
+    token_service.enable_introspection()
+    token_service.revoke_via_introspection("jti-1")
+    bearer = token_service.bearer(jti="jti-1")
+
+    assert not _accepted(bearer)
+    reset_all_local_caches()
+    assert not _accepted(bearer)
+
+    assert token_service.introspection_count == 1
+    assert cache.get("revoked:jti-1") == "true"
+
+
+def test_introspection_active_token_is_accepted_and_cached(token_service):
+    token_service.enable_introspection()
+
+    for _ in range(3):
+        assert _accepted(token_service.bearer(jti="jti-1"))
+        reset_all_local_caches()
+
+    assert token_service.introspection_count == 1
+    assert cache.get("revoked:jti-1") == "false"
+
+
+def test_introspection_outage_does_not_refuse_valid_tokens_but_db_revocations_hold(
+    token_service, settings, django_capture_on_commit_callbacks
+):
+    from tests.support.servers import free_port
+
+    settings.TOKEN_INTROSPECT_URL = f"http://127.0.0.1:{free_port()}/introspect"
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("revoke_token", "jti-revoked")
+    cache.clear()
+    reset_all_local_caches()
+
+    assert _accepted(token_service.bearer(jti="jti-ok"))
+    assert cache.get("revoked:jti-ok") is None  # not cached: asked again next time
+    assert not _accepted(token_service.bearer(jti="jti-revoked"))
+
+
+def test_internal_endpoint_revokes_with_the_shared_secret(
+    client, token_service, settings, django_capture_on_commit_callbacks
+):
+    settings.GATEWAY_INTERNAL_TOKEN = INTERNAL_SECRET
+    bearer = token_service.bearer(jti="jti-pushed")
+    assert _accepted(bearer)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/internal/revocations",
+            {"jti": "jti-pushed", "ttl": 900},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {INTERNAL_SECRET}",
+        )
+
+    assert response.status_code == 201
+    assert response.json()["jti"] == "jti-pushed"
+    assert not _accepted(bearer)
+
+
+def test_internal_endpoint_accepts_expires_at(client, settings, django_capture_on_commit_callbacks):
+    settings.GATEWAY_INTERNAL_TOKEN = INTERNAL_SECRET
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/internal/revocations",
+            {"jti": "j", "expires_at": "2030-01-01T00:00:00Z"},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {INTERNAL_SECRET}",
+        )
+
+    assert response.status_code == 201
+    assert RevokedToken.objects.get(jti="j").expires_at.year == 2030
+
+
+@pytest.mark.parametrize(
+    ("configured", "authorization", "challenge"),
+    [
+        (INTERNAL_SECRET, None, "Bearer"),
+        (INTERNAL_SECRET, "Bearer wrong-secret", 'Bearer error="invalid_token"'),
+        (INTERNAL_SECRET, f"Basic {INTERNAL_SECRET}", "Bearer"),
+        ("", "Bearer ", "Bearer"),  # not configured: nobody gets in
+    ],
+)
+def test_internal_endpoint_refuses_without_the_secret(client, settings, configured, authorization, challenge):
+    settings.GATEWAY_INTERNAL_TOKEN = configured
+    extra = {"HTTP_AUTHORIZATION": authorization} if authorization else {}
+
+    response = client.post("/internal/revocations", {"jti": "x"}, content_type="application/json", **extra)
+
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["WWW-Authenticate"] == challenge
+    assert not RevokedToken.objects.exists()
+
+
+def test_internal_endpoint_validates_its_body(client, settings):
+    settings.GATEWAY_INTERNAL_TOKEN = INTERNAL_SECRET
+
+    response = client.post(
+        "/internal/revocations",
+        {"ttl": 5},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {INTERNAL_SECRET}",
+    )
+
+    assert response.status_code == 400
+    assert "jti" in response.json()["errors"]
+
+
+def test_revoking_twice_keeps_the_later_expiry(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("revoke_token", "j", "--ttl", "3600")
+        first = RevokedToken.objects.get(jti="j").expires_at
+        call_command("revoke_token", "j", "--ttl", "60")
+
+    assert RevokedToken.objects.get(jti="j").expires_at == first
+    assert RevokedToken.objects.count() == 1
+
+
+def test_purge_drops_only_revocations_of_expired_tokens(django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("revoke_token", "short", "--ttl", "60")
+        call_command("revoke_token", "long", "--ttl", "7200")
+
+    assert revoked_tokens_purge(now=timezone.now() + timedelta(minutes=5)) == 1
+    assert list(RevokedToken.objects.values_list("jti", flat=True)) == ["long"]
