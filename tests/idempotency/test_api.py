@@ -264,3 +264,45 @@ def _fingerprint(path: str, body: dict, key: str, scope: str) -> IdempotentReque
             method="POST", path=path, query=b"", body=json.dumps(body).encode()
         ),
     )
+
+
+def test_claim_taken_over_mid_handler_rolls_the_handler_back(post, executions):
+    response = post(PUBLIC, {**BODY, "fail": "steal"}, key="k-steal")
+
+    assert response.status_code == 409
+    assert response.json()["type"].endswith("/idempotency-in-progress")
+    assert executions == 1
+    # the handler's outbox event did not commit: the new owner's execution is the only one
+    assert not OutboxEvent.objects.filter(aggregatetype=AGGREGATE).exists()
+    assert IdempotencyRecord.objects.get().status == IdempotencyRecord.Status.PROCESSING
+
+
+def test_metrics_count_records_replays_conflicts_and_in_progress(post, client):
+    def sample(name: str, **labels: str) -> float:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "created": sample("idempotency_records_created_total", entry="api", kind="new"),
+        "replays": sample("idempotency_replays_total", entry="api", source="database")
+        + sample("idempotency_replays_total", entry="api", source="local"),
+        "conflicts": sample("idempotency_conflicts_total", entry="api"),
+        "busy": sample("idempotency_in_progress_total", entry="api"),
+    }
+    post(PUBLIC, BODY, key="m-1")
+    post(PUBLIC, BODY, key="m-1")
+    post(PUBLIC, {"name": "other"}, key="m-1")
+    idempotency_begin(request=_fingerprint(PUBLIC, BODY, "m-2", "anonymous"), entry="api")
+    post(PUBLIC, BODY, key="m-2")
+
+    assert sample("idempotency_records_created_total", entry="api", kind="new") == before["created"] + 2
+    replays = sample("idempotency_replays_total", entry="api", source="database") + sample(
+        "idempotency_replays_total", entry="api", source="local"
+    )
+    assert replays == before["replays"] + 1
+    assert sample("idempotency_conflicts_total", entry="api") == before["conflicts"] + 1
+    assert sample("idempotency_in_progress_total", entry="api") == before["busy"] + 1
+    exposed = client.get("/metrics").content.decode()
+    assert "idempotency_replays_total" in exposed
+    assert "idempotency_conflicts_total" in exposed

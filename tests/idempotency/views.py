@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from idempotency.decorators import idempotent
+from idempotency.models import IdempotencyRecord
 from outbox.services import outbox_publish
 
 COUNTER_KEY = "idem-test:executions"
@@ -39,7 +40,12 @@ def _handle(request) -> Response:
     data = serializer.validated_data
     if data["delay_ms"]:
         time.sleep(data["delay_ms"] / 1000)  # simulated work, to widen the race window
-    if client.decr(FAIL_KEY) >= 0:
+    if data["fail"] == "steal":
+        # Another process takes the key over while this handler runs (as after a lock timeout).
+        IdempotencyRecord.objects.filter(key=request.headers["Idempotency-Key"]).update(
+            lock_token=uuid.uuid4()
+        )
+    if data["fail"] != "steal" and client.decr(FAIL_KEY) >= 0:
         if data["fail"] == "raise":
             raise RuntimeError("simulated crash")
         return Response({"detail": "unavailable"}, status=int(data["fail"] or 503))
