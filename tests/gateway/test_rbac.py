@@ -164,3 +164,32 @@ def test_redis_down_falls_back_to_the_resolver_and_stays_correct(token_service, 
 
     assert allowed.user_id == "u-1"
     assert rbac_resolver.call_count >= 1
+
+
+def test_cache_stats_count_auth_hits_and_misses_by_kind(token_service, rbac_resolver):
+    from gateway.services.cache_stats import cache_stats
+
+    before = cache_stats()
+    bearer = token_service.bearer(sub="u-1", jti="jti-stats")
+    for _ in range(3):
+        request_identity(authorization=bearer, match=_match())
+    after = cache_stats()
+
+    for kind in ("rbac", "revoked", "jwks"):
+        assert after[kind]["misses"] - before[kind]["misses"] == 1, kind
+    for kind in ("rbac", "revoked"):  # the JWKS is not consulted again: the signature check is cached
+        assert after[kind]["hits"] - before[kind]["hits"] == 2, kind
+    assert after["rbac"]["size"] == 1 and after["revoked"]["size"] == 1 and after["jwks"]["size"] == 1
+
+
+def test_gateway_cache_flush_rbac_makes_every_layer_ask_the_resolver_again(
+    token_service, rbac_resolver, django_capture_on_commit_callbacks
+):
+    bearer = token_service.bearer(sub="u-1")
+    request_identity(authorization=bearer, match=_match())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("gateway_cache", "flush", "--kind", "rbac")
+    request_identity(authorization=bearer, match=_match())
+
+    assert rbac_resolver.call_count == 2
