@@ -313,26 +313,35 @@ def order_expire_due(
     return total
 
 
+# PostgreSQL: claim (SKIP LOCKED) and compare-and-set in one statement and one round trip.
+# Index order (expiration_time) rather than pk order: SKIP LOCKED never waits, so no deadlock is
+# possible, and the partial index serves the scan without a sort.
+_EXPIRE_BATCH_SQL = """
+WITH due AS (
+    SELECT id FROM orders_order
+    WHERE status = 'pending_payment' AND expiration_time <= %(now)s
+    ORDER BY expiration_time
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orders_order AS o SET status = 'expired', updated_at = %(now)s
+FROM due
+WHERE o.id = due.id AND o.status = 'pending_payment'
+RETURNING o.id, o.user_id, o.tenant_id, o.total_amount, o.currency
+"""
+
+
 @transaction.atomic
 def _order_expire_batch(*, now: datetime, batch_size: int) -> int:
-    # Index order (expiration_time) rather than pk order: SKIP LOCKED never waits, so no
-    # deadlock is possible, and the partial index serves the scan without a sort.
-    claimed = list(
-        order_due_queryset(now=now)
-        .order_by("expiration_time")
-        .select_for_update(skip_locked=True, of=("self",))
-        .values_list("id", "user_id", "tenant_id", "total_amount", "currency")[:batch_size]
-    )
-    if not claimed:
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_EXPIRE_BATCH_SQL, {"now": now, "limit": batch_size})
+            expired_rows = cursor.fetchall()
+    else:
+        expired_rows = _order_expire_batch_portable(now=now, batch_size=batch_size)
+    if not expired_rows:
         return 0
-    updated = Order.objects.filter(
-        pk__in=[row[0] for row in claimed], status=OrderStatus.PENDING_PAYMENT
-    ).update(status=OrderStatus.EXPIRED, updated_at=now)
-    if updated != len(claimed):
-        # Cannot happen while the rows are locked (PostgreSQL); on a backend without row locks
-        # it means another sweep won the race: roll back this batch rather than write events
-        # for orders this transaction did not expire.
-        raise ConcurrentSweep(f"claimed {len(claimed)} orders but expired {updated}")
     expired_at = now.isoformat()
     outbox_publish_many(
         events=(
@@ -351,11 +360,32 @@ def _order_expire_batch(*, now: datetime, batch_size: int) -> int:
                     source="sweep",
                 ),
             }
-            for order_id, user_id, tenant_id, total_amount, currency in claimed
+            for order_id, user_id, tenant_id, total_amount, currency in expired_rows
         )
     )
-    _on_commit_expired(updated, "sweep")
-    return updated
+    _on_commit_expired(len(expired_rows), "sweep")
+    return len(expired_rows)
+
+
+def _order_expire_batch_portable(*, now: datetime, batch_size: int) -> list[tuple]:
+    """The same claim and compare-and-set with the ORM, for backends without UPDATE … RETURNING
+    over a locked CTE (SQLite in development: no row locks, writers are serialised)."""
+    claimed = list(
+        order_due_queryset(now=now)
+        .order_by("expiration_time")
+        .select_for_update(skip_locked=True, of=("self",))
+        .values_list("id", "user_id", "tenant_id", "total_amount", "currency")[:batch_size]
+    )
+    if not claimed:
+        return []
+    updated = Order.objects.filter(
+        pk__in=[row[0] for row in claimed], status=OrderStatus.PENDING_PAYMENT
+    ).update(status=OrderStatus.EXPIRED, updated_at=now)
+    if updated != len(claimed):
+        # Another sweep won the race for some rows: roll back this batch rather than write
+        # events for orders this transaction did not expire.
+        raise ConcurrentSweep(f"claimed {len(claimed)} orders but expired {updated}")
+    return claimed
 
 
 class ConcurrentSweep(Conflict):
