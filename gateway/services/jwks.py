@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.cache import cache
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
+from prometheus_client import Counter
 
 from common.local_cache import LocalTTLCache
 from gateway.services.cache_stats import cache_hit, cache_miss
@@ -37,6 +38,12 @@ LOCAL_TTL_SECONDS = 60.0  # re-read Redis this often; rotation messages drop it 
 FETCH_TIMEOUT = (1.0, 2.0)  # connect, read: a slow token service must not hold requests long
 
 _MISSING = object()
+
+jwks_fetches = Counter(
+    "gateway_jwks_fetches_total",
+    "JWKS fetches from the token service, by reason (cold, unknown_kid, refresh) and outcome.",
+    ["reason", "outcome"],
+)
 
 
 class JwksKeyNotFound(Exception):
@@ -95,7 +102,7 @@ def jwks_signing_key(*, kid: str | None) -> PyJWK:
             return key
     if not _refetch_allowed():
         raise JwksKeyNotFound("Unknown key id.")
-    keyset = _fetch_and_store(reason="unknown kid")
+    keyset = _fetch_and_store(reason="unknown_kid")
     key = keyset.key_for(kid)
     if key is None:
         raise JwksKeyNotFound("Unknown key id.")
@@ -183,7 +190,12 @@ def _fetch_and_store(*, reason: str, locked: bool = False) -> KeySet:
     if not locked:
         with _fetch_lock:
             return _fetch_and_store(reason=reason, locked=True)
-    document = _fetch_document()
+    try:
+        document = _fetch_document()
+    except JwksUnavailable:
+        jwks_fetches.labels(reason, "failed").inc()
+        raise
+    jwks_fetches.labels(reason, "ok").inc()
     fetched_at = time.time()
     keyset = KeySet(keys=_parse_keys(document.get("keys") or []), fetched_at=fetched_at)
     raw = {"keys": document.get("keys") or [], "fetched_at": fetched_at}

@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 from django.conf import settings
+from prometheus_client import Counter
 
 from common.errors import NotAuthenticated, ServiceUnavailable
 from common.local_cache import LocalTTLCache
@@ -22,6 +23,20 @@ from gateway.types import Identity
 logger = logging.getLogger("gatehouse.auth.tokens")
 
 REQUIRED_CLAIMS = ("exp", "sub")
+
+auth_rejections = Counter(
+    "gateway_auth_rejections_total",
+    "Bearer tokens refused with a 401, by reason (missing, malformed, unknown_key, expired, "
+    "not_yet_valid, wrong_audience, wrong_issuer, missing_claim, invalid, revoked).",
+    ["reason"],
+)
+
+
+def _denied(reason: str, detail: str, *, error: str | None = "invalid_token") -> NotAuthenticated:
+    auth_rejections.labels(reason).inc()
+    return NotAuthenticated(detail, error=error)
+
+
 # Signature checks are the costliest step (~0.1-0.5 ms); a token already verified by this process
 # is trusted again for a few seconds, never past its `exp`. Keyed by a hash, so raw tokens are not
 # kept in memory. Revocation and RBAC are still checked on every request.
@@ -32,14 +47,14 @@ _verified = LocalTTLCache("verified-tokens", ttl_seconds=VERIFIED_TTL_SECONDS, m
 def bearer_token(*, authorization: str | None) -> str:
     """The token of an `Authorization: Bearer …` header (401 without an error code if absent)."""
     if not authorization:
-        raise NotAuthenticated("A bearer token is required.", error=None)
+        raise _denied("missing", "A bearer token is required.", error=None)
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         # RFC 6750 §3.1: an unsupported scheme is "no credentials", answered without an error code.
-        raise NotAuthenticated("A bearer token is required.", error=None)
+        raise _denied("missing", "A bearer token is required.", error=None)
     token = token.strip()
     if not token:
-        raise NotAuthenticated("The bearer token is empty.")
+        raise _denied("malformed", "The bearer token is empty.")
     return token
 
 
@@ -68,14 +83,14 @@ def _verify_uncached(token: str) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError as exc:
-        raise NotAuthenticated("The token is malformed.") from exc
+        raise _denied("malformed", "The token is malformed.") from exc
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
-        raise NotAuthenticated("The token's kid is invalid.")
+        raise _denied("malformed", "The token's kid is invalid.")
     try:
         key = jwks_signing_key(kid=kid)
     except JwksKeyNotFound as exc:
-        raise NotAuthenticated(f"No key to verify the token: {exc}") from exc
+        raise _denied("unknown_key", f"No key to verify the token: {exc}") from exc
     except JwksUnavailable as exc:
         # Not the client's fault: the keys cannot be had. 503, never an allow.
         raise ServiceUnavailable("Token keys are unavailable; try again shortly.") from exc
@@ -98,24 +113,24 @@ def _verify_uncached(token: str) -> dict[str, Any]:
             },
         )
     except jwt.ExpiredSignatureError as exc:
-        raise NotAuthenticated("The token has expired.") from exc
+        raise _denied("expired", "The token has expired.") from exc
     except jwt.ImmatureSignatureError as exc:
-        raise NotAuthenticated("The token is not valid yet.") from exc
+        raise _denied("not_yet_valid", "The token is not valid yet.") from exc
     except jwt.InvalidAudienceError as exc:
-        raise NotAuthenticated("The token is for another audience.") from exc
+        raise _denied("wrong_audience", "The token is for another audience.") from exc
     except jwt.InvalidIssuerError as exc:
-        raise NotAuthenticated("The token is from another issuer.") from exc
+        raise _denied("wrong_issuer", "The token is from another issuer.") from exc
     except jwt.MissingRequiredClaimError as exc:
-        raise NotAuthenticated(f"The token lacks the {exc.claim!r} claim.") from exc
+        raise _denied("missing_claim", f"The token lacks the {exc.claim!r} claim.") from exc
     except jwt.InvalidTokenError as exc:
-        raise NotAuthenticated("The token is invalid.") from exc
+        raise _denied("invalid", "The token is invalid.") from exc
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-        raise NotAuthenticated("The token's subject is invalid.")
+        raise _denied("missing_claim", "The token's subject is invalid.")
     tenant_id = claims.get("tenant_id")
     if tenant_id is not None and not isinstance(tenant_id, str | int):
-        raise NotAuthenticated("The token's tenant_id is invalid.")
+        raise _denied("invalid", "The token's tenant_id is invalid.")
     if "permissions" in claims and _claim_permissions(claims["permissions"]) is None:
-        raise NotAuthenticated("The token's permissions claim is invalid.")
+        raise _denied("invalid", "The token's permissions claim is invalid.")
     return claims
 
 
@@ -152,7 +167,7 @@ def token_authenticate(*, authorization: str | None) -> Identity:
     claims = token_verify(token=token)
     jti = claims.get("jti")
     if jti is not None and (not isinstance(jti, str) or not jti):
-        raise NotAuthenticated("The token's jti is invalid.")
+        raise _denied("invalid", "The token's jti is invalid.")
     if jti and token_is_revoked(jti=jti, token=token, expires_at=float(claims["exp"])):
-        raise NotAuthenticated("The token has been revoked.")
+        raise _denied("revoked", "The token has been revoked.")
     return identity_from_claims(claims)

@@ -149,3 +149,21 @@ def test_token_signed_by_an_hmac_jwk_is_never_accepted(token_service):
     )
 
     _invalid(token_service, forged)
+
+
+def test_metrics_count_rejections_by_reason_and_jwks_fetches(client, token_service):
+    import re
+
+    def figure(text: str, name: str, labels: str) -> float:
+        found = re.search(rf"^{name}\{{{labels}\}} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    before = client.get("/metrics").content.decode()
+    _refused(token_service.bearer(expires_in=-600))
+    _refused(token_service.bearer(expires_in=-600))
+    after = client.get("/metrics").content.decode()
+
+    name, labels = "gateway_auth_rejections_total", 'reason="expired"'
+    assert figure(after, name, labels) - figure(before, name, labels) == 2
+    fetches = 'outcome="ok",reason="cold"'
+    assert figure(after, "gateway_jwks_fetches_total", fetches) >= 1
