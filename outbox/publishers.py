@@ -106,7 +106,9 @@ class BrokerPublisher:
             return self._producer
         connection = kombu.Connection(self.url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         try:
-            connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT_SECONDS)
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=CONNECT_TIMEOUT_SECONDS
+            )
             channel = connection.channel()
             self.exchange(channel).declare()
             self._confirms = connection.transport.driver_type == "amqp"

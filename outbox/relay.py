@@ -89,9 +89,17 @@ def outbox_backoff_delay(*, attempts: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
+# Heads among the first `window` claimable pending events: cheap when heads are plentiful (many
+# aggregates), and leased rows are filtered before the per-row "earlier event?" probe.
 _HEADS_SQL = """
-WITH heads AS (
-    SELECT e.id FROM outbox_event e
+WITH candidates AS (
+    SELECT id FROM outbox_event
+    WHERE status = 'pending' AND available_at <= %(now)s
+      AND (locked_until IS NULL OR locked_until < %(now)s)
+    ORDER BY sequence
+    LIMIT %(window)s
+), heads AS (
+    SELECT e.id FROM outbox_event e JOIN candidates c ON c.id = e.id
     WHERE e.status = 'pending' AND e.available_at <= %(now)s
       AND (e.locked_until IS NULL OR e.locked_until < %(now)s)
       AND NOT EXISTS (
@@ -105,14 +113,47 @@ WITH heads AS (
 UPDATE outbox_event o SET locked_until = %(lease)s FROM heads WHERE o.id = heads.id
 RETURNING {columns}
 """
+# Fallback when the window held too few heads (few aggregates with deep queues, or a dead
+# aggregate's held backlog in front): walk the unpublished index one aggregate at a time (a loose
+# index scan) and take each aggregate's first unpublished event. The conditions are repeated on
+# `e` so that FOR UPDATE re-checks them on the row's latest version.
+_HEADS_BY_AGGREGATE_SQL = """
+WITH RECURSIVE firsts AS (
+    (SELECT aggregatetype, aggregateid, id FROM outbox_event
+     WHERE status IN ('pending', 'dead')
+     ORDER BY aggregatetype, aggregateid, sequence LIMIT 1)
+    UNION ALL
+    SELECT n.aggregatetype, n.aggregateid, n.id FROM firsts f, LATERAL (
+        SELECT aggregatetype, aggregateid, id FROM outbox_event
+        WHERE status IN ('pending', 'dead')
+          AND (aggregatetype, aggregateid) > (f.aggregatetype, f.aggregateid)
+        ORDER BY aggregatetype, aggregateid, sequence LIMIT 1) n
+), heads AS (
+    SELECT e.id FROM outbox_event e JOIN firsts f ON f.id = e.id
+    WHERE e.status = 'pending' AND e.available_at <= %(now)s
+      AND (e.locked_until IS NULL OR e.locked_until < %(now)s)
+    ORDER BY e.sequence
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE outbox_event o SET locked_until = %(lease)s FROM heads WHERE o.id = heads.id
+RETURNING {columns}
+"""
 # Followers are not heads, so no other live relay claims them: wait for a row lock (a late mark
 # by a holder whose lease expired) rather than skip it and leave a gap in the aggregate's order.
+# Taking the first `limit` by sequence keeps each aggregate's share a contiguous prefix.
 _FOLLOWERS_SQL = """
 WITH followers AS (
     SELECT e.id FROM outbox_event e
-    JOIN unnest(%(types)s::text[], %(ids)s::text[], %(sequences)s::bigint[]) AS h(t, a, s)
-      ON e.aggregatetype = h.t AND e.aggregateid = h.a AND e.sequence > h.s
-    WHERE e.status = 'pending'
+    WHERE e.id IN (
+        SELECT f.id
+        FROM unnest(%(types)s::text[], %(ids)s::text[], %(sequences)s::bigint[]) AS h(t, a, s),
+        LATERAL (
+            SELECT id FROM outbox_event
+            WHERE aggregatetype = h.t AND aggregateid = h.a
+              AND status = 'pending' AND sequence > h.s
+            ORDER BY sequence LIMIT %(per_aggregate)s) f)
+      AND e.status = 'pending'
     ORDER BY e.sequence
     LIMIT %(limit)s
     FOR UPDATE OF e
@@ -135,12 +176,17 @@ def _row_to_event(row: tuple) -> RelayEvent:  # type: ignore[type-arg]
 
 
 def _claim_postgresql(now: datetime, lease: datetime, batch_size: int) -> list[tuple]:  # type: ignore[type-arg]
+    params = {"now": now, "lease": lease, "limit": batch_size, "window": batch_size * 4}
     with connection.cursor() as cursor:
-        cursor.execute(
-            _HEADS_SQL.format(columns=_RETURNING),
-            {"now": now, "lease": lease, "limit": batch_size},
-        )
+        cursor.execute(_HEADS_SQL.format(columns=_RETURNING), params)
         rows = cursor.fetchall()
+        if len(rows) < batch_size:
+            # Heads claimed above now carry this transaction's lease, so they are not re-taken.
+            cursor.execute(
+                _HEADS_BY_AGGREGATE_SQL.format(columns=_RETURNING),
+                {**params, "limit": batch_size - len(rows)},
+            )
+            rows += cursor.fetchall()
         room = batch_size - len(rows)
         if rows and room > 0:
             cursor.execute(
@@ -151,6 +197,7 @@ def _claim_postgresql(now: datetime, lease: datetime, batch_size: int) -> list[t
                     "sequences": [row[1] for row in rows],
                     "lease": lease,
                     "limit": room,
+                    "per_aggregate": -(-room // len(rows)),
                 },
             )
             rows += cursor.fetchall()

@@ -1,0 +1,77 @@
+"""Writing events: only inside the business transaction, and a nudge that never fails it."""
+
+from __future__ import annotations
+
+import pytest
+from celery import signals
+from django.db import transaction
+
+from config.celery import app as celery_app
+from outbox.models import OutboxEvent
+from outbox.services import OutboxOutsideTransaction, outbox_publish
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def nudges():
+    sent: list[str] = []
+
+    def record(sender=None, **_):  # type: ignore[no-untyped-def]
+        sent.append(sender)
+
+    signals.before_task_publish.connect(record, weak=False)
+    yield sent
+    signals.before_task_publish.disconnect(record)
+
+
+def test_rollback_leaves_no_event(nudges):
+    with pytest.raises(Boom), transaction.atomic():
+        outbox_publish(aggregatetype="order", aggregateid="1", type="order.created", payload={})
+        assert OutboxEvent.objects.count() == 1
+        raise Boom
+
+    assert OutboxEvent.objects.count() == 0
+    assert nudges == []  # nothing committed, nothing to relay
+
+
+def test_publish_outside_a_transaction_is_refused():
+    with pytest.raises(OutboxOutsideTransaction):
+        outbox_publish(aggregatetype="order", aggregateid="1", type="order.created", payload={})
+
+    assert OutboxEvent.objects.count() == 0
+
+
+def test_commit_keeps_events_in_write_order_and_nudges_the_relay_once(nudges):
+    with transaction.atomic():
+        first = outbox_publish(aggregatetype="order", aggregateid="7", type="order.created", payload={"n": 0})
+        second = outbox_publish(aggregatetype="order", aggregateid="7", type="order.paid", payload={"n": 1})
+        assert nudges == []  # not before commit
+
+    assert nudges == ["outbox.tasks.outbox_relay"]
+    stored = list(OutboxEvent.objects.filter(aggregateid="7"))
+    assert [event.id for event in stored] == [first.id, second.id]
+    assert first.sequence < second.sequence
+    assert stored[0].status == OutboxEvent.Status.PENDING
+
+
+def test_business_write_commits_when_the_celery_broker_is_down(caplog, monkeypatch):
+    # Celery reads CELERY_BROKER_URL from the environment before its configuration.
+    monkeypatch.setenv("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+    try:
+        with transaction.atomic():
+            outbox_publish(aggregatetype="order", aggregateid="9", type="order.created", payload={})
+    finally:
+        monkeypatch.undo()
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+
+    assert OutboxEvent.objects.filter(aggregateid="9").count() == 1
+    assert "outbox relay nudge not sent" in caplog.text

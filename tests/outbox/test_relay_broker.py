@@ -1,0 +1,153 @@
+"""The relay to the real RabbitMQ: confirmed delivery, per-aggregate order, outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from outbox.models import OutboxEvent
+from outbox.publishers import BrokerPublisher
+from outbox.relay import outbox_relay_batch, outbox_relay_drain
+from outbox.services import outbox_publish
+from tests.outbox.conftest import RABBIT_URL, assert_order_per_aggregate
+from tests.outbox.factories import publish_events
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_relay_publishes_confirmed_persistent_messages_carrying_the_event_id(broker):
+    # given
+    with transaction.atomic():
+        event = outbox_publish(
+            aggregatetype="order",
+            aggregateid="42",
+            type="order.created",
+            payload={"total": "12.50", "items": [1, 2]},
+            headers={"correlation_id": "corr-1"},
+        )
+
+    # when
+    result = outbox_relay_drain()
+
+    # then
+    assert result.published == 1
+    [message] = broker.collect(at_least=1)
+    assert message.message_id == str(event.id)
+    assert message.routing_key == "order.created"
+    assert message.delivery_mode == 2
+    assert message.headers["correlation_id"] == "corr-1"
+    assert message.body == {
+        "id": str(event.id),
+        "type": "order.created",
+        "aggregatetype": "order",
+        "aggregateid": "42",
+        "payload": {"total": "12.50", "items": [1, 2]},
+        "created_at": event.created_at.isoformat(),
+    }
+    stored = OutboxEvent.objects.get(id=event.id)
+    assert stored.status == OutboxEvent.Status.PUBLISHED
+    assert stored.published_at is not None
+    assert stored.locked_until is None
+
+
+def test_two_relays_deliver_everything_in_order_per_aggregate(broker):
+    # given 10 000 events over 100 aggregates, interleaved
+    expected = publish_events(count=10_000, aggregates=100)
+    published_by: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def relay(name: str) -> None:
+        publisher = BrokerPublisher(RABBIT_URL, broker.exchange)
+        published = 0
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                batch = outbox_relay_batch(publisher=publisher, batch_size=150)
+                published += batch.published
+                if not batch.claimed and not OutboxEvent.objects.filter(status="pending").exists():
+                    break
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            published_by[name] = published
+            publisher.close()
+            connection.close()
+
+    # when two relays run at once, each with its own database connection and broker channel
+    threads = [threading.Thread(target=relay, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+
+    # then
+    assert not errors
+    assert published_by["one"] > 0 and published_by["two"] > 0
+    broker.collect(at_least=10_000, timeout=30)
+    unique = broker.unique_in_order()
+    assert len(unique) == 10_000
+    assert_order_per_aggregate(unique, expected)
+    assert OutboxEvent.objects.exclude(status="published").count() == 0
+
+
+def test_broker_down_keeps_business_writes_and_the_backlog_drains_when_it_is_back(broker, settings):
+    # given the broker is unreachable
+    settings.OUTBOX_BROKER_URL = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    with transaction.atomic():
+        for n in range(3):
+            outbox_publish(aggregatetype="order", aggregateid="a0", type="order.updated", payload={"n": n})
+
+    # when the relay runs during the outage
+    outage = outbox_relay_drain()
+
+    # then the events stay, backing off, with the reason recorded
+    assert outage.published == 0 and outage.failed == 1
+    head, *rest = OutboxEvent.objects.filter(aggregateid="a0")
+    assert head.status == "pending" and head.attempts == 1
+    assert "broker" in head.last_error
+    assert head.available_at > timezone.now()
+    assert all(event.attempts == 0 and event.locked_until is None for event in rest)
+
+    # when the broker is back and the backoff has passed
+    settings.OUTBOX_BROKER_URL = RABBIT_URL
+    OutboxEvent.objects.update(available_at=timezone.now())
+    recovered = outbox_relay_drain()
+
+    # then the whole backlog arrives in order
+    assert recovered.published == 3
+    assert_order_per_aggregate(broker.collect(at_least=3), {"a0": 3})
+
+
+def test_a_leased_head_holds_back_its_aggregate_but_not_the_others(broker):
+    # given aggregate a0's head is leased by another (live) relay
+    expected = publish_events(count=6, aggregates=2, shuffle=False)
+    head = OutboxEvent.objects.filter(aggregateid="a0").order_by("sequence").first()
+    OutboxEvent.objects.filter(id=head.id).update(locked_until=timezone.now() + timezone.timedelta(minutes=1))
+
+    # when
+    result = outbox_relay_drain()
+
+    # then only a1 flowed
+    assert result.published == 3
+    assert {m.body["aggregateid"] for m in broker.collect(at_least=3)} == {"a1"}
+    assert OutboxEvent.objects.filter(aggregateid="a0", status="pending").count() == 3
+
+    # when the lease lapses (its holder died), a0 flows, in order
+    OutboxEvent.objects.filter(id=head.id).update(locked_until=timezone.now())
+    outbox_relay_drain()
+    broker.collect(at_least=6)
+    assert_order_per_aggregate(broker.unique_in_order(), expected)
+
+
+def test_unknown_publisher_setting_is_reported(settings):
+    from outbox.publishers import publisher_from_settings
+
+    settings.OUTBOX_PUBLISHER = "carrier-pigeon-" + uuid.uuid4().hex[:4]
+    with pytest.raises(ValueError, match="unknown OUTBOX_PUBLISHER"):
+        publisher_from_settings()
