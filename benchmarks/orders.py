@@ -1,0 +1,266 @@
+"""Order creation (auth + Idempotency-Key + order, items, outbox event) vs a plain insert, ONE run.
+
+    .venv/bin/python benchmarks/orders.py [--requests 300] [--rounds 4] [--clients 8]
+
+Starts the project under its production server (tests.support.servers.server_command: gunicorn
+with config/gunicorn.py) with this module as its settings and URLconf, which adds two baseline
+endpoints doing one INSERT each (a minimal DRF APIView on a benchmark-only table):
+
+    POST /bench/plain        no authentication, one INSERT          (the brief's plain insert)
+    POST /bench/plain-auth   the same, behind the Bearer token auth  (isolates the order flow)
+    POST /api/orders         the real endpoint, a fresh Idempotency-Key per request
+
+Contenders run interleaved in rounds (so drift on this shared machine hits all alike), each with
+--clients keep-alive connections in threads. Prints requests/s and latency per contender and the
+ratio orders/plain (target >= 0.6x). Environment: BENCH_DATABASE_URL (default
+postgres://postgres@127.0.0.1:5432/gh_orders_bench, created and migrated), BENCH_REDIS_URL
+(default redis://127.0.0.1:6379/10). A local JWKS server signs the tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if __name__ != "__main__":
+    # Imported by the server process as DJANGO_SETTINGS_MODULE and ROOT_URLCONF.
+    from config.settings.production import *  # noqa: F401,F403
+
+    ROOT_URLCONF = "benchmarks.orders"
+    LOGGING["root"]["level"] = "WARNING"  # noqa: F405  (a log line per request would measure the logger)
+
+    def __getattr__(name: str):  # noqa: ANN202  (PEP 562: the URLconf is built once apps are ready)
+        if name == "urlpatterns":
+            return _urlpatterns()
+        if name in ("handler404", "handler500"):
+            from config import urls
+
+            return getattr(urls, name)
+        raise AttributeError(name)
+
+    def _urlpatterns() -> list:
+        import json
+        import uuid
+
+        from django.db import connection
+        from django.urls import include, path
+        from django.utils import timezone
+        from rest_framework.permissions import AllowAny
+        from rest_framework.request import Request
+        from rest_framework.response import Response
+        from rest_framework.views import APIView
+
+        from config.urls import urlpatterns as project_urlpatterns
+
+        class PlainInsertApi(APIView):
+            authentication_classes: list = []
+            permission_classes = [AllowAny]
+
+            def post(self, request: Request) -> Response:
+                row_id = uuid.uuid4()
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "INSERT INTO bench_plain_insert (id, body, created_at) VALUES (%s, %s, %s)",
+                        [row_id, json.dumps(request.data), timezone.now()],
+                    )
+                return Response({"id": str(row_id)}, status=201, headers={"Location": f"/bench/{row_id}"})
+
+        class PlainInsertAuthApi(PlainInsertApi):
+            authentication_classes = APIView.authentication_classes
+            permission_classes = APIView.permission_classes
+
+        return [
+            path("bench/plain", PlainInsertApi.as_view()),
+            path("bench/plain-auth", PlainInsertAuthApi.as_view()),
+            path("", include(project_urlpatterns)),
+        ]
+
+else:
+    # `python benchmarks/orders.py`: the project root, not benchmarks/, resolves `orders`.
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    import argparse
+    import http.client
+    import json
+    import statistics
+    import subprocess
+    import threading
+    import time
+    import types
+    import uuid
+
+    import psycopg
+
+    from tests.support.servers import HttpServer, free_port, server_command
+    from tests.support.tokens import TokenService
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300, help="requests per contender per round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections")
+    args = parser.parse_args()
+
+    database_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gh_orders_bench")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()  # a fresh JWKS and idempotency cache for this run
+    tokens = TokenService(HttpServer(lambda request: None), types.SimpleNamespace())
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "benchmarks.orders",
+        "PYTHONPATH": str(ROOT),
+        "SECRET_KEY": "benchmark-only-secret-key-0123456789abcdef",
+        "DATABASE_URL": database_url,
+        "DATABASE_POOL_MAX": "20",
+        "REDIS_URL": redis_url,
+        # The outbox's on-commit relay nudge goes to a broker as in production (Redis, no worker).
+        "CELERY_BROKER_URL": redis_url,
+        "PAYMENT_WEBHOOK_SECRET": "bench",
+        "LOG_LEVEL": "WARNING",
+        **tokens.env,
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings.test"},
+        check=True,
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_plain_insert"
+            " (id uuid PRIMARY KEY, body jsonb, created_at timestamptz)"
+        )
+        conn.execute(
+            "TRUNCATE bench_plain_insert, orders_order, orders_order_item, outbox_event,"
+            " idempotency_record CASCADE"
+        )
+
+    port = free_port()
+    server = subprocess.Popen(server_command(port), cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                probe.request("GET", "/healthz")
+                if probe.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("server did not start")
+            time.sleep(0.2)
+
+        token = tokens.token(sub="bench-user", tenant_id="bench-tenant", expires_in=3600)
+        order_body = json.dumps(
+            {
+                "store_id": str(uuid.uuid4()),
+                "currency": "USD",
+                "delivery_address": "1 Bench Street",
+                "contact_phone": "+14155550100",
+                "items": [
+                    {"sku": "SKU-1", "name": "Widget", "quantity": 2, "unit_price": "10.00"},
+                    {"sku": "SKU-2", "name": "Gadget", "quantity": 1, "unit_price": "4.50"},
+                ],
+            }
+        ).encode()
+        contenders = {
+            "plain": ("/bench/plain", {}, False),
+            "plain-auth": ("/bench/plain-auth", {"Authorization": f"Bearer {token}"}, False),
+            "orders": ("/api/orders", {"Authorization": f"Bearer {token}"}, True),
+        }
+
+        def run(
+            path: str, headers: dict[str, str], idempotent: bool, count: int
+        ) -> tuple[float, list[float]]:
+            latencies: list[float] = []
+            lock = threading.Lock()
+            per_client = [
+                count // args.clients + (1 if i < count % args.clients else 0) for i in range(args.clients)
+            ]
+            errors: list[str] = []
+
+            def client(n: int) -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                mine = []
+                for _ in range(n):
+                    request_headers = {"Content-Type": "application/json", **headers}
+                    if idempotent:
+                        request_headers["Idempotency-Key"] = uuid.uuid4().hex
+                    started = time.perf_counter()
+                    conn.request("POST", path, body=order_body, headers=request_headers)
+                    response = conn.getresponse()
+                    body = response.read()
+                    mine.append(time.perf_counter() - started)
+                    if response.status != 201:
+                        errors.append(f"{path}: {response.status} {body[:200]!r}")
+                conn.close()
+                with lock:
+                    latencies.extend(mine)
+
+            threads = [threading.Thread(target=client, args=(n,)) for n in per_client]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - started
+            if errors:
+                raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
+            return elapsed, latencies
+
+        for path, headers, idempotent in contenders.values():  # warm-up: pools, JWKS, caches
+            run(path, headers, idempotent, args.clients * 5)
+        totals = {name: [0.0, 0, []] for name in contenders}
+        for round_number in range(args.rounds):
+            order = list(contenders) if round_number % 2 == 0 else list(reversed(contenders))
+            for name in order:
+                elapsed, latencies = run(*contenders[name], args.requests)
+                totals[name][0] += elapsed
+                totals[name][1] += len(latencies)
+                totals[name][2].extend(latencies)
+                print(
+                    f"  round {round_number + 1} {name:<10} {len(latencies) / elapsed:8.0f} req/s", flush=True
+                )
+
+        with psycopg.connect(database_url) as conn:
+            orders, events = conn.execute(
+                "SELECT (SELECT count(*) FROM orders_order), "
+                "(SELECT count(*) FROM outbox_event WHERE type = 'order.created')"
+            ).fetchone()
+        rates = {}
+        print(
+            f"\n{args.rounds} rounds × {args.requests} requests, {args.clients} clients,"
+            " gunicorn (config/gunicorn.py)"
+        )
+        print(f"{'contender':<11}{'req/s':>9}{'median ms':>11}{'p95 ms':>9}")
+        for name, (elapsed, count, latencies) in totals.items():
+            rates[name] = count / elapsed
+            latencies.sort()
+            print(
+                f"{name:<11}{rates[name]:>9.0f}{statistics.median(latencies) * 1000:>11.1f}"
+                f"{latencies[int(len(latencies) * 0.95)] * 1000:>9.1f}"
+            )
+        print(f"orders / plain      = {rates['orders'] / rates['plain']:.2f}x  (target >= 0.6x)")
+        print(f"orders / plain-auth = {rates['orders'] / rates['plain-auth']:.2f}x")
+        print(f"check: {orders} orders, {events} order.created events (one per order: {orders == events})")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        tokens.server.close()
+
+
+if __name__ == "__main__":
+    main()
