@@ -209,3 +209,24 @@ def test_purge_drops_only_revocations_of_expired_tokens(django_capture_on_commit
 
     assert revoked_tokens_purge(now=timezone.now() + timedelta(minutes=5)) == 1
     assert list(RevokedToken.objects.values_list("jti", flat=True)) == ["long"]
+
+
+def test_purge_command_keeps_live_revocations(capsys):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    RevokedToken.objects.create(jti="old", expires_at=timezone.now() - timedelta(seconds=1))
+    RevokedToken.objects.create(jti="live", expires_at=timezone.now() + timedelta(hours=1))
+
+    call_command("revoke_token", "--purge-expired")
+
+    assert "purged 1 revocation(s)" in capsys.readouterr().out
+    assert list(RevokedToken.objects.values_list("jti", flat=True)) == ["live"]
+
+
+def test_revoke_command_needs_a_jti():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError):
+        call_command("revoke_token")
