@@ -45,9 +45,7 @@ class BrokerQueue:
         self._channel.exchange_declare(self.exchange, "topic", durable=True, auto_delete=False)
         self._channel.queue_declare(self.queue, durable=False, auto_delete=False)
         self._channel.queue_bind(self.queue, self.exchange, routing_key="#")
-        self._consumer_tag = self._channel.basic_consume(
-            self.queue, callback=self._on_message, no_ack=True
-        )
+        self._consumer_tag = self._channel.basic_consume(self.queue, callback=self._on_message, no_ack=True)
 
     def _on_message(self, message: amqp.Message) -> None:
         self.messages.append(
