@@ -1,0 +1,94 @@
+"""Single-beat guard: of two beats, only the lock holder schedules; a dead holder is replaced."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from celery import signals
+from django.conf import settings
+
+from config.celery import FileBeatLock, GuardedScheduler, RedisBeatLock
+from config.celery import app as celery_app
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return settings.REDIS_URL  # the per-test, flushed Redis database
+
+
+def test_two_redis_guards_one_wins_and_a_lapsed_leader_is_replaced(redis_url):
+    first = RedisBeatLock(redis_url, "test:beat-lock", ttl_seconds=30)
+    second = RedisBeatLock(redis_url, "test:beat-lock", ttl_seconds=30)
+
+    assert first.acquire() is True
+    assert second.acquire() is False
+    assert first.acquire() is True  # renewal by the holder
+    assert 0 < first.client.pttl("test:beat-lock") <= 30_000
+
+    # the leader dies without releasing: its lease lapses (shortened to 1 ms, not waited 30 s)
+    first.client.pexpire("test:beat-lock", 1)
+    for _ in range(1000):
+        if not first.client.exists("test:beat-lock"):
+            break
+    assert second.acquire() is True
+    assert first.acquire() is False  # the old leader, come back, does not take it back
+
+    second.release()
+    assert first.acquire() is True
+
+
+def test_unreachable_redis_means_not_leader():
+    lock = RedisBeatLock("redis://127.0.0.1:1/0", "test:beat-lock", ttl_seconds=30)
+    assert lock.acquire() is False
+
+
+def test_two_file_guards_one_wins_until_released(tmp_path):
+    path = str(tmp_path / "beat.lock")
+    first, second = FileBeatLock(path), FileBeatLock(path)
+
+    assert first.acquire() is True
+    assert second.acquire() is False
+    first.release()
+    assert second.acquire() is True
+    second.release()
+
+
+def test_only_the_leading_beat_sends_due_tasks(redis_url):
+    sent: list[str] = []
+
+    def record(sender=None, **_):  # type: ignore[no-untyped-def]
+        sent.append(sender)
+
+    schedule = {
+        "relay": {
+            "task": "outbox.tasks.outbox_relay",
+            "schedule": timedelta(seconds=1),
+            "options": {"expires": 1},
+        }
+    }
+    beats = [
+        GuardedScheduler(
+            app=celery_app,
+            lock=RedisBeatLock(redis_url, "test:beat-lock", ttl_seconds=30),
+            lazy=True,
+        )
+        for _ in range(2)
+    ]
+    signals.before_task_publish.connect(record, weak=False)
+    try:
+        for beat in beats:
+            beat.setup_schedule = lambda: None  # type: ignore[method-assign]
+            beat.merge_inplace(schedule)
+            for entry in beat.schedule.values():
+                entry.last_run_at = entry.default_now() - timedelta(seconds=5)  # due
+        for _ in range(3):
+            for beat in beats:
+                beat.tick()
+    finally:
+        signals.before_task_publish.disconnect(record)
+        for beat in beats:
+            beat.lock.release()
+
+    assert [beat.is_leader for beat in beats] == [True, False]
+    assert sent == ["outbox.tasks.outbox_relay"]
