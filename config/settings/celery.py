@@ -16,7 +16,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     # Redis: an unacked (acks_late) message is redelivered after visibility_timeout; it must
     # exceed the hard time limit so a task still running is never handed to a second worker.
     # AMQP: confirm_publish makes apply_async wait for the broker's ack.
-    else {"visibility_timeout": 600, "confirm_publish": True}
+    # max_retries/interval_*: how long kombu retries to open a connection for publishing; a
+    # commit-time nudge against a dead broker gives up at once (the beat covers it), and
+    # apply_async's own retry policy still rides out blips for tasks that need it.
+    else {
+        "visibility_timeout": 600,
+        "confirm_publish": True,
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.2,
+    }
 )
 # A nudge or a beat tick against a dead broker fails within seconds instead of hanging.
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
