@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -151,3 +152,35 @@ def test_unknown_publisher_setting_is_reported(settings):
     settings.OUTBOX_PUBLISHER = "carrier-pigeon-" + uuid.uuid4().hex[:4]
     with pytest.raises(ValueError, match="unknown OUTBOX_PUBLISHER"):
         publisher_from_settings()
+
+
+def test_broker_publisher_works_over_redis_too(settings):
+    import kombu
+
+    # given a kombu queue bound to the exchange on Redis (the test's flushed Redis database)
+    settings.OUTBOX_PUBLISHER = "broker"
+    settings.OUTBOX_BROKER_URL = settings.REDIS_URL
+    settings.OUTBOX_EXCHANGE = f"test-outbox-{uuid.uuid4().hex[:8]}"
+    exchange = kombu.Exchange(settings.OUTBOX_EXCHANGE, type="topic", durable=True)
+    with kombu.Connection(settings.REDIS_URL) as consumer_connection:
+        queue = kombu.Queue("test-outbox-redis", exchange, routing_key="order.#")
+        queue(consumer_connection.default_channel).declare()
+        with transaction.atomic():
+            event = outbox_publish(
+                aggregatetype="order", aggregateid="1", type="order.created", payload={"a": 1}
+            )
+
+        # when
+        try:
+            assert outbox_relay_drain().published == 1
+        finally:
+            from outbox import publishers
+
+            publishers._cached[1].close()
+            publishers._cached = None
+
+        # then
+        message = queue(consumer_connection.default_channel).get(no_ack=True)
+        assert message is not None
+        assert message.properties["message_id"] == str(event.id)
+        assert json.loads(message.body)["payload"] == {"a": 1}
