@@ -89,19 +89,18 @@ def outbox_backoff_delay(*, attempts: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-# Heads among the first `window` claimable pending events: cheap when heads are plentiful (many
-# aggregates), and leased rows are filtered before the per-row "earlier event?" probe.
+# Heads among the first `window` claimable pending events, in sequence order: stops as soon as
+# `limit` heads are found (many aggregates), and never probes more than `window` rows.
 _HEADS_SQL = """
-WITH candidates AS (
-    SELECT id FROM outbox_event
-    WHERE status = 'pending' AND available_at <= %(now)s
-      AND (locked_until IS NULL OR locked_until < %(now)s)
-    ORDER BY sequence
-    LIMIT %(window)s
-), heads AS (
-    SELECT e.id FROM outbox_event e JOIN candidates c ON c.id = e.id
+WITH heads AS (
+    SELECT e.id FROM outbox_event e
     WHERE e.status = 'pending' AND e.available_at <= %(now)s
       AND (e.locked_until IS NULL OR e.locked_until < %(now)s)
+      AND e.sequence <= COALESCE((
+          SELECT sequence FROM outbox_event
+          WHERE status = 'pending' AND available_at <= %(now)s
+            AND (locked_until IS NULL OR locked_until < %(now)s)
+          ORDER BY sequence OFFSET %(window)s LIMIT 1), 9223372036854775807)
       AND NOT EXISTS (
           SELECT 1 FROM outbox_event p
           WHERE p.aggregatetype = e.aggregatetype AND p.aggregateid = e.aggregateid
@@ -110,7 +109,8 @@ WITH candidates AS (
     LIMIT %(limit)s
     FOR UPDATE OF e SKIP LOCKED
 )
-UPDATE outbox_event o SET locked_until = %(lease)s FROM heads WHERE o.id = heads.id
+UPDATE outbox_event o SET locked_until = %(lease)s
+WHERE o.id = ANY(ARRAY(SELECT id FROM heads))
 RETURNING {columns}
 """
 # Fallback when the window held too few heads (few aggregates with deep queues, or a dead
@@ -136,7 +136,8 @@ WITH RECURSIVE firsts AS (
     LIMIT %(limit)s
     FOR UPDATE OF e SKIP LOCKED
 )
-UPDATE outbox_event o SET locked_until = %(lease)s FROM heads WHERE o.id = heads.id
+UPDATE outbox_event o SET locked_until = %(lease)s
+WHERE o.id = ANY(ARRAY(SELECT id FROM heads))
 RETURNING {columns}
 """
 # Followers are not heads, so no other live relay claims them: wait for a row lock (a late mark
@@ -158,7 +159,8 @@ WITH followers AS (
     LIMIT %(limit)s
     FOR UPDATE OF e
 )
-UPDATE outbox_event o SET locked_until = %(lease)s FROM followers WHERE o.id = followers.id
+UPDATE outbox_event o SET locked_until = %(lease)s
+WHERE o.id = ANY(ARRAY(SELECT id FROM followers))
 RETURNING {columns}
 """
 _RETURNING = ", ".join(f"o.{column}" for column in _COLUMNS)
