@@ -1,0 +1,253 @@
+"""The invalidation bus: in-process on commit, every other process through Redis pub/sub.
+
+The headline test edits a route through the admin of one gateway server process and measures
+how long a second, independent server process takes to route by the new configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import redis
+import requests
+from django.conf import settings
+from django.db import transaction
+
+from gateway.services.invalidation import (
+    invalidation_channel,
+    invalidation_listener_connected,
+    invalidation_publish,
+    invalidation_subscribe,
+)
+from gateway.services.shared_cache import redis_db_number
+from tests.gateway.factories import RouteFactory, ServiceFactory
+from tests.support.servers import ROOT, Reply
+
+
+def _recorder():
+    received: list[dict] = []
+    event = threading.Event()
+
+    def handler(payload: dict) -> None:
+        if payload.get("resync"):
+            return
+        received.append(payload)
+        event.set()
+
+    return received, event, handler
+
+
+@pytest.mark.django_db(transaction=True)
+def test_handlers_of_this_process_run_at_once_outside_a_transaction():
+    received, _, handler = _recorder()
+    invalidation_subscribe("jwks", handler)
+
+    invalidation_publish(kind="jwks", payload={"kid": "k1"})
+
+    assert {"kid": "k1"} in received
+
+
+@pytest.mark.django_db
+def test_inside_a_transaction_handlers_wait_for_the_commit(django_capture_on_commit_callbacks):
+    received, _, handler = _recorder()
+    invalidation_subscribe("rbac", handler)
+
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        invalidation_publish(kind="rbac", payload={"user_id": "u1"})
+        assert received == []  # nothing before the commit
+
+    assert received == [{"user_id": "u1"}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_change_publishes_nothing():
+    received, _, handler = _recorder()
+    invalidation_subscribe("revoked", handler)
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        invalidation_publish(kind="revoked", payload={"jti": "j1"})
+        raise RuntimeError("rollback")
+
+    time.sleep(0.3)
+    assert received == []
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError):
+        invalidation_publish(kind="everything")
+
+
+def test_channel_carries_the_redis_database_number():
+    assert invalidation_channel() == f"gatehouse:invalidation:{redis_db_number()}"
+    assert str(redis_db_number()) == settings.REDIS_URL.rsplit("/", 1)[1]
+
+
+_LISTENER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time, django
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    django.setup()
+    from gateway.services.invalidation import invalidation_listener_connected, invalidation_subscribe
+    def handler(payload):
+        if not payload.get("resync"):
+            print("got", payload.get("n"), repr(time.time()), flush=True)
+    invalidation_subscribe("rbac", handler)
+    deadline = time.monotonic() + 10
+    while not invalidation_listener_connected() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("ready", invalidation_listener_connected(), flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def _readline(process: subprocess.Popen, timeout: float = 10.0) -> str:
+    """A line of the listener's output, or "" when none comes within `timeout` (never hangs)."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    return process.stdout.readline() if ready else ""
+
+
+def _start_listener(redis_url: str) -> subprocess.Popen:
+    import os
+
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _LISTENER_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert _readline(process, 30).strip() == "ready True"
+    return process
+
+
+@pytest.mark.django_db(transaction=True)
+def test_another_process_receives_a_publication_within_a_second():
+    listener = _start_listener(settings.REDIS_URL)
+    try:
+        latencies = []
+        for n in range(5):
+            sent = time.time()
+            invalidation_publish(kind="rbac", payload={"n": n})
+            line = _readline(listener).split()
+            assert line[:2] == ["got", str(n)]
+            latencies.append(float(line[2]) - sent)
+        print(f"pub/sub delivery to another process: max {max(latencies) * 1000:.1f} ms")
+        assert max(latencies) < 1.0
+    finally:
+        listener.stdin.close()
+        listener.wait(timeout=10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_on_another_redis_database_hears_nothing():
+    prefix, _, db = settings.REDIS_URL.rpartition("/")
+    other = _start_listener(f"{prefix}/{int(db) + 8}")
+    same = _start_listener(settings.REDIS_URL)
+    try:
+        invalidation_publish(kind="rbac", payload={"n": 1})
+        assert _readline(same).split()[:2] == ["got", "1"]
+        other.stdin.close()  # the other one now exits; it must have printed nothing
+        assert other.wait(timeout=10) == 0
+        assert other.stdout.read() == ""
+    finally:
+        for process in (same, other):
+            if process.poll() is None:
+                process.stdin.close()
+                process.wait(timeout=10)
+
+
+@pytest.mark.django_db
+def test_this_process_listener_is_connected():
+    invalidation_subscribe("rbac", lambda payload: None)
+    deadline = time.monotonic() + 5
+    while not invalidation_listener_connected() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert invalidation_listener_connected()
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    assert client.pubsub_numsub(invalidation_channel())[0][1] >= 1
+
+
+# --- The headline: admin edit on process 1, in effect on process 2 within 1 s ----------------
+
+
+def _admin_session(base_url: str, username: str, password: str) -> requests.Session:
+    session = requests.Session()
+    login_url = f"{base_url}/admin/login/"
+    page = session.get(login_url, timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = session.post(
+        login_url,
+        data={"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/admin/"},
+        headers={"Referer": login_url},
+        timeout=10,
+    )
+    assert response.status_code == 200 and "Log out" in response.text, response.text[:500]
+    return session
+
+
+@pytest.mark.django_db(transaction=True)
+def test_route_edited_in_admin_is_in_effect_on_a_second_server_within_a_second(
+    http_server_factory, gateway_process_factory, django_user_model
+):
+    # given two upstreams, a route to the first, and two independent gateway server processes
+    old = http_server_factory(lambda request: Reply(200, b"old upstream"))
+    new = http_server_factory(lambda request: Reply(200, b"new upstream"))
+    old_service = ServiceFactory(name="old-backend", targets=[old.url])
+    new_service = ServiceFactory(name="new-backend", targets=[new.url])
+    route = RouteFactory(path="/items/**", methods=["GET"], service=old_service, auth_required=False)
+    django_user_model.objects.create_superuser("staff", "staff@example.com", "pw-for-tests-only")
+    first = gateway_process_factory()
+    second = gateway_process_factory()
+    for server in (first, second):  # warm: routes resolved and held in each process
+        for _ in range(3):
+            response = requests.get(f"{server}/gw/items/1", timeout=10)
+            assert response.content == b"old upstream", response.content
+    admin = _admin_session(first, "staff", "pw-for-tests-only")
+    change_url = f"{first}/admin/gateway/route/{route.pk}/change/"
+    page = admin.get(change_url, timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+
+    # when staff point the route at the other service through the admin of the first process
+    response = admin.post(
+        change_url,
+        data={
+            "csrfmiddlewaretoken": token,
+            "methods": ["GET"],
+            "path": "/items/**",
+            "service": new_service.pk,
+            "rewrite": "",
+            "required_permission": "",
+            "condition": "{}",
+            "timeout_ms": 3000,
+            "retry_count": 2,
+            "cache_ttl_seconds": 0,
+            "idempotency": "off",
+            "priority": 0,
+            "enabled": "on",
+        },
+        headers={"Referer": change_url},
+        allow_redirects=False,
+        timeout=10,
+    )
+    saved = time.monotonic()
+    assert response.status_code == 302, response.text[:2000]
+
+    # then the second process routes to the new service within a second
+    latency = None
+    while time.monotonic() - saved < 5:
+        if requests.get(f"{second}/gw/items/1", timeout=5).content == b"new upstream":
+            latency = time.monotonic() - saved
+            break
+    print(f"admin edit → second server process: {latency if latency is None else f'{latency * 1000:.0f} ms'}")
+    assert latency is not None and latency <= 1.0
+    assert requests.get(f"{first}/gw/items/1", timeout=5).content == b"new upstream"
