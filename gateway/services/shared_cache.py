@@ -24,7 +24,8 @@ _RETRY_AFTER_SECONDS = 3.0
 _lock = threading.Lock()
 # The breaker lives in a LocalTTLCache so it expires by itself and is reset between tests.
 _breaker = LocalTTLCache("shared-cache-breaker", ttl_seconds=_RETRY_AFTER_SECONDS, max_entries=1)
-_announced_down = False
+# "We said Redis is down" (until it answers again): one log line per outage, not per request.
+_announced = LocalTTLCache("shared-cache-announced", ttl_seconds=10 * 365 * 86400, max_entries=1)
 
 
 def plain_cache_key(key: str, key_prefix: str, version: int) -> str:
@@ -42,20 +43,18 @@ def shared_cache_available() -> bool:
 
 
 def shared_cache_failed(exc: BaseException) -> None:
-    global _announced_down
     _breaker.set("open", True)
     with _lock:
-        if not _announced_down:
-            _announced_down = True
+        if _announced.get("down") is None:
+            _announced.set("down", True)
             logger.warning("shared cache unavailable, serving without it: %s: %s", type(exc).__name__, exc)
 
 
 def shared_cache_succeeded() -> None:
-    global _announced_down
-    if _announced_down:
+    if _announced.get("down") is not None:
         with _lock:
-            if _announced_down:
-                _announced_down = False
+            if _announced.get("down") is not None:
+                _announced.delete("down")
                 logger.warning("shared cache available again")
 
 
