@@ -62,7 +62,9 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE orders_order, orders_order_item, processed_events, outbox_event CASCADE")
         started = time.monotonic()
-        # generate_series: a million rows without a million round trips.
+        # generate_series: a million rows without a million round trips. Expiration times grow
+        # with insertion order, as they do for real orders (created_at + session), so the sweep
+        # walks the table roughly in physical order.
         cursor.execute(
             """
             INSERT INTO orders_order (id, user_id, tenant_id, store_id, total_amount, currency,
@@ -70,11 +72,11 @@ def main() -> None:
                                       payment_reference, created_at, updated_at)
             SELECT gen_random_uuid(), 'user-' || (n %% 5000), 'tenant-' || (n %% 7), gen_random_uuid(),
                    ((n %% 10000) / 100.0)::numeric(12, 2), 'USD', 'bench street ' || n, '+14155550100',
-                   'pending_payment', now() - interval '1 hour' + (n %% 3600) * interval '1 second',
+                   'pending_payment', now() - interval '1 hour' + n * (interval '1 hour' / %s),
                    '', now() - interval '2 hours', now() - interval '2 hours'
             FROM generate_series(1, %s) AS n
             """,
-            [args.orders],
+            [args.orders + 1, args.orders],
         )
         cursor.execute("VACUUM ANALYZE orders_order")
         print(f"inserted {args.orders} overdue orders in {time.monotonic() - started:.1f} s")

@@ -33,7 +33,7 @@ from common.errors import (
 from orders import metrics
 from orders.models import Order, OrderItem, OrderStatus, ProcessedEvent
 from orders.selectors import order_due_queryset, orders_lock
-from outbox.services import outbox_publish, outbox_publish_many
+from outbox.services import outbox_publish, outbox_publish_many, outbox_publish_select
 
 logger = logging.getLogger(__name__)
 
@@ -315,37 +315,72 @@ def order_expire_due(
     return total
 
 
-# PostgreSQL: claim (SKIP LOCKED) and compare-and-set in one statement and one round trip.
-# Index order (expiration_time) rather than pk order: SKIP LOCKED never waits, so no deadlock is
-# possible, and the partial index serves the scan without a sort.
-_EXPIRE_BATCH_SQL = """
-WITH due AS (
+# PostgreSQL: claim (SKIP LOCKED), compare-and-set and the order.expired events in ONE statement,
+# with no per-row work in Python. Index order (expiration_time) rather than pk order: SKIP LOCKED
+# never waits, so no deadlock is possible, and the partial index serves the scan without a sort.
+_EXPIRE_BATCH_CTES = """
+due AS (
     SELECT id FROM orders_order
     WHERE status = 'pending_payment' AND expiration_time <= %(now)s
     ORDER BY expiration_time
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+),
+expired AS (
+    UPDATE orders_order AS o SET status = 'expired', updated_at = %(now)s
+    FROM due
+    WHERE o.id = due.id AND o.status = 'pending_payment'
+    RETURNING o.id, o.user_id, o.tenant_id, o.total_amount, o.currency
 )
-UPDATE orders_order AS o SET status = 'expired', updated_at = %(now)s
-FROM due
-WHERE o.id = due.id AND o.status = 'pending_payment'
-RETURNING o.id, o.user_id, o.tenant_id, o.total_amount, o.currency
+"""
+# The same payload as _order_payload() builds in Python for the other transitions.
+_EXPIRE_BATCH_EVENTS = """
+SELECT 'order' AS aggregatetype, expired.id::text AS aggregateid, 'order.expired' AS type,
+       jsonb_build_object(
+           'order_id', expired.id::text, 'status', 'expired',
+           'total_amount', expired.total_amount::text, 'currency', expired.currency,
+           'user_id', expired.user_id, 'tenant_id', expired.tenant_id,
+           'expired_at', %(expired_at)s, 'source', 'sweep'
+       ) AS payload
+FROM expired
 """
 
 
 @transaction.atomic
 def _order_expire_batch(*, now: datetime, batch_size: int) -> int:
-    connection = transaction.get_connection()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_EXPIRE_BATCH_SQL, {"now": now, "limit": batch_size})
-            expired_rows = cursor.fetchall()
+    if transaction.get_connection().vendor == "postgresql":
+        # One event per expired order: the INSERT's row count is the number of orders expired.
+        expired = outbox_publish_select(
+            with_sql=_EXPIRE_BATCH_CTES,
+            select_sql=_EXPIRE_BATCH_EVENTS,
+            params={"now": now, "limit": batch_size, "expired_at": now.isoformat()},
+        )
     else:
-        expired_rows = _order_expire_batch_portable(now=now, batch_size=batch_size)
-    if not expired_rows:
+        expired = _order_expire_batch_portable(now=now, batch_size=batch_size)
+    _on_commit_expired(expired, "sweep")
+    return expired
+
+
+def _order_expire_batch_portable(*, now: datetime, batch_size: int) -> int:
+    """The same claim, compare-and-set and events through the ORM, for SQLite in development
+    (no row locks there: writers are serialised by the database)."""
+    claimed = list(
+        order_due_queryset(now=now)
+        .order_by("expiration_time")
+        .select_for_update(skip_locked=True, of=("self",))
+        .values_list("id", "user_id", "tenant_id", "total_amount", "currency")[:batch_size]
+    )
+    if not claimed:
         return 0
+    updated = Order.objects.filter(
+        pk__in=[row[0] for row in claimed], status=OrderStatus.PENDING_PAYMENT
+    ).update(status=OrderStatus.EXPIRED, updated_at=now)
+    if updated != len(claimed):
+        # Another sweep won the race for some rows: roll back this batch rather than write
+        # events for orders this transaction did not expire.
+        raise ConcurrentSweep(f"claimed {len(claimed)} orders but expired {updated}")
     expired_at = now.isoformat()
-    outbox_publish_many(
+    return outbox_publish_many(
         events=(
             {
                 "aggregatetype": AGGREGATE_TYPE,
@@ -362,32 +397,9 @@ def _order_expire_batch(*, now: datetime, batch_size: int) -> int:
                     source="sweep",
                 ),
             }
-            for order_id, user_id, tenant_id, total_amount, currency in expired_rows
+            for order_id, user_id, tenant_id, total_amount, currency in claimed
         )
     )
-    _on_commit_expired(len(expired_rows), "sweep")
-    return len(expired_rows)
-
-
-def _order_expire_batch_portable(*, now: datetime, batch_size: int) -> list[tuple]:
-    """The same claim and compare-and-set with the ORM, for backends without UPDATE … RETURNING
-    over a locked CTE (SQLite in development: no row locks, writers are serialised)."""
-    claimed = list(
-        order_due_queryset(now=now)
-        .order_by("expiration_time")
-        .select_for_update(skip_locked=True, of=("self",))
-        .values_list("id", "user_id", "tenant_id", "total_amount", "currency")[:batch_size]
-    )
-    if not claimed:
-        return []
-    updated = Order.objects.filter(
-        pk__in=[row[0] for row in claimed], status=OrderStatus.PENDING_PAYMENT
-    ).update(status=OrderStatus.EXPIRED, updated_at=now)
-    if updated != len(claimed):
-        # Another sweep won the race for some rows: roll back this batch rather than write
-        # events for orders this transaction did not expire.
-        raise ConcurrentSweep(f"claimed {len(claimed)} orders but expired {updated}")
-    return claimed
 
 
 class ConcurrentSweep(Conflict):
