@@ -80,16 +80,18 @@ def relay_until_empty(exchange: str, batch_size: int, results) -> None:  # type:
 
     from outbox.models import OutboxEvent
     from outbox.publishers import BrokerPublisher
-    from outbox.relay import outbox_relay_batch
+    from outbox.relay import outbox_relay_drain
 
     publisher = BrokerPublisher(AMQP_URL, exchange)
     published = failed = 0
-    while True:
-        batch = outbox_relay_batch(publisher=publisher, batch_size=batch_size)
-        published += batch.published
-        failed += batch.failed
-        if not batch.claimed and not OutboxEvent.objects.filter(status="pending").exists():
-            break
+    while True:  # drain returns when nothing is claimable: the other relay may hold the rest
+        result = outbox_relay_drain(publisher=publisher, batch_size=batch_size)
+        published += result.published
+        failed += result.failed
+        if not result.batches:
+            if not OutboxEvent.objects.filter(status="pending").exists():
+                break
+            time.sleep(0.005)  # everything claimable is leased by the other relay
     publisher.close()
     connection.close()
     results.put((published, failed))

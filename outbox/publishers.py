@@ -124,6 +124,8 @@ class BrokerPublisher:
         self._next_tag = 1
         self._unacked: OrderedDict[int, UUID] = OrderedDict()
         self._nacked: set[UUID] = set()
+        self._in_flight: list[RelayEvent] = []
+        self._send_error: str | None = None
 
     # -- connection -----------------------------------------------------------------------
     def _connect(self) -> kombu.Producer:
@@ -185,12 +187,19 @@ class BrokerPublisher:
 
     # -- publishing -----------------------------------------------------------------------
     def publish(self, events: Sequence[RelayEvent]) -> Failures:
+        self.send(events)
+        return self.wait()
+
+    def send(self, events: Sequence[RelayEvent]) -> None:
+        """Write the messages; `wait()` then reports what the broker did not confirm. The relay
+        claims its next batch in between, while the broker persists and acks."""
+        self._in_flight = list(events)
+        self._send_error = None
         try:
             producer = self._connect()
             if self._confirms:
                 self._publish_amqp(producer, events)
-                self._wait_for_confirms()
-            else:
+            else:  # e.g. Redis: the write returning is the confirmation
                 for event in events:
                     producer.publish(
                         event.body(),
@@ -203,9 +212,19 @@ class BrokerPublisher:
                         retry=False,
                     )
         except Exception as exc:
-            reason = f"broker: {type(exc).__name__}: {exc}"
+            self._send_error = f"broker: {type(exc).__name__}: {exc}"
             self.close()  # unknown channel state: start over with a fresh connection
-            return {event.id: reason for event in events}
+
+    def wait(self) -> Failures:
+        events, self._in_flight = self._in_flight, []
+        if self._send_error is None and self._confirms:
+            try:
+                self._wait_for_confirms()
+            except Exception as exc:
+                self._send_error = f"broker: {type(exc).__name__}: {exc}"
+                self.close()
+        if self._send_error is not None:
+            return {event.id: self._send_error for event in events}
         nacked, self._nacked = self._nacked, set()
         return {event.id: "broker: nacked" for event in events if event.id in nacked}
 

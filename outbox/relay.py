@@ -319,11 +319,32 @@ def outbox_relay_batch(
     hooks: RelayHooks | None = None,
 ) -> BatchResult:
     """One claim → publish → mark round. Idempotent; safe to run in several processes at once."""
-    publisher = publisher or publisher_from_settings()
-    events = outbox_claim(batch_size=batch_size or settings.OUTBOX_BATCH_SIZE)
+    result, prefetched = _relay_round(
+        publisher=publisher or publisher_from_settings(),
+        batch_size=batch_size or settings.OUTBOX_BATCH_SIZE,
+        hooks=hooks,
+        events=None,
+        prefetch=False,
+    )
+    return result
+
+
+def _relay_round(
+    *,
+    publisher: Publisher,
+    batch_size: int,
+    hooks: RelayHooks | None,
+    events: list[RelayEvent] | None,
+    prefetch: bool,
+) -> tuple[BatchResult, list[RelayEvent] | None]:
+    """Relay `events` (or a fresh claim). With `prefetch`, the next batch is claimed while the
+    broker confirms the last wave; it is safe to claim then, because every event of this batch
+    is still pending and leased, so none of its aggregates can be claimed a second time."""
+    if not events:  # an empty prefetch only meant "nothing claimable while that batch was out"
+        events = outbox_claim(batch_size=batch_size)
     result = BatchResult(claimed=len(events))
     if not events:
-        return result
+        return result, None
     if hooks and hooks.after_claim:
         hooks.after_claim(events)
 
@@ -334,9 +355,16 @@ def outbox_relay_batch(
     confirmed: list[UUID] = []
     failures: Failures = {}
     released: list[UUID] = []
+    prefetched: list[RelayEvent] | None = None
+    overlap = prefetch and hasattr(publisher, "send") and hasattr(publisher, "wait")
     while queues:
         wave = [queue.popleft() for queue in queues.values()]
-        wave_failures = publisher.publish(wave)
+        if overlap and all(not queue for queue in queues.values()):  # the last wave
+            publisher.send(wave)  # type: ignore[attr-defined]
+            prefetched = outbox_claim(batch_size=batch_size)
+            wave_failures = publisher.wait()  # type: ignore[attr-defined]
+        else:
+            wave_failures = publisher.publish(wave)
         for event in wave:
             key = (event.aggregatetype, event.aggregateid)
             if event.id in wave_failures:
@@ -365,7 +393,7 @@ def outbox_relay_batch(
     if released:
         result.released = len(released)
         outbox_release(ids=released)
-    return result
+    return result, prefetched
 
 
 def outbox_relay_drain(
@@ -376,20 +404,35 @@ def outbox_relay_drain(
     hooks: RelayHooks | None = None,
     on_batch: Callable[[BatchResult, DrainResult], None] | None = None,
 ) -> DrainResult:
-    """Relay batches until nothing is claimable (or `max_seconds` passed)."""
+    """Relay batches until nothing is claimable (or `max_seconds` passed).
+
+    Batches overlap: the next one is claimed while the broker confirms the previous one."""
+    publisher = publisher or publisher_from_settings()
+    batch_size = batch_size or settings.OUTBOX_BATCH_SIZE
     started = time.monotonic()
     total = DrainResult()
-    while True:
-        batch = outbox_relay_batch(publisher=publisher, batch_size=batch_size, hooks=hooks)
-        if not batch.claimed:
-            break
-        total.batches += 1
-        total.published += batch.published
-        total.failed += batch.failed
-        total.dead += batch.dead
-        if on_batch:
-            on_batch(batch, total)
-        if max_seconds is not None and time.monotonic() - started >= max_seconds:
-            break
+    prefetched: list[RelayEvent] | None = None
+    try:
+        while True:
+            batch, prefetched = _relay_round(
+                publisher=publisher,
+                batch_size=batch_size,
+                hooks=hooks,
+                events=prefetched,
+                prefetch=True,
+            )
+            if not batch.claimed:
+                break
+            total.batches += 1
+            total.published += batch.published
+            total.failed += batch.failed
+            total.dead += batch.dead
+            if on_batch:
+                on_batch(batch, total)
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                break
+    finally:
+        if prefetched:  # claimed but not sent: hand back now rather than at lease expiry
+            outbox_release(ids=[event.id for event in prefetched])
     total.seconds = time.monotonic() - started
     return total
