@@ -1,5 +1,6 @@
 """Celery: chosen for at-least-once delivery with idempotent tasks (see README)."""
 
+import os
 from datetime import timedelta
 
 from config.env import BASE_DIR, env
@@ -10,6 +11,9 @@ _broker_dir = f"{_var}/broker"
 # Embedded default: kombu's filesystem transport needs no server and is shared by the web
 # server, worker and beat on one machine. Production sets Redis or RabbitMQ.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem"):
+    # kombu's filesystem transport fails on a missing folder; any process may enqueue first.
+    os.makedirs(_broker_dir, exist_ok=True)
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {"data_folder_in": _broker_dir, "data_folder_out": _broker_dir, "processed_folder": _broker_dir}
     if CELERY_BROKER_URL.startswith("filesystem")
