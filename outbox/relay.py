@@ -289,17 +289,22 @@ def outbox_mark_published(*, ids: list[UUID]) -> int:
 
 
 def outbox_mark_failed(*, failures: Failures, events: dict[UUID, RelayEvent]) -> int:
-    """attempts + 1, last_error, back off; `dead` after OUTBOX_MAX_ATTEMPTS. Returns deaths."""
+    """attempts + 1, last_error, back off; `dead` after OUTBOX_MAX_ATTEMPTS. Returns deaths.
+
+    One UPDATE per (attempt number, error): a broker outage fails a whole wave at once, and its
+    events then retry together (the jitter spreads relays and rounds, not one batch's rows)."""
     now = timezone.now()
-    dead = 0
+    groups: dict[tuple[int, str], list[UUID]] = defaultdict(list)
     for event_id, reason in failures.items():
-        attempts = events[event_id].attempts + 1
+        groups[(events[event_id].attempts + 1, reason[:2000])].append(event_id)
+    dead = 0
+    for (attempts, reason), ids in groups.items():
         is_dead = attempts >= settings.OUTBOX_MAX_ATTEMPTS
-        dead += is_dead
+        dead += len(ids) if is_dead else 0
         _update_pending(
-            [event_id],
+            ids,
             attempts=attempts,
-            last_error=reason[:2000],
+            last_error=reason,
             locked_until=None,
             available_at=now + timedelta(seconds=outbox_backoff_delay(attempts=attempts)),
             status=OutboxEvent.Status.DEAD if is_dead else OutboxEvent.Status.PENDING,
