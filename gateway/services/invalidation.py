@@ -6,9 +6,10 @@ in every process runs that process's handlers when a message of another process 
 
 The listener starts lazily (first subscribe or publish), never blocks start-up, reconnects with
 backoff when Redis goes away, and after every (re)subscription calls each handler with
-`{"resync": True}`: messages sent while it was disconnected are lost, so handlers then drop
-everything they hold. Without REDIS_URL (embedded mode) delivery is in-process only, which is
-only correct for a single process.
+`{"resync": True, "after_outage": bool}`: messages sent while it was disconnected are lost, so
+handlers then drop everything they hold (`after_outage` is true when this process failed to reach
+Redis since it last listened: changes may have happened that nobody could announce).
+Without REDIS_URL (embedded mode) delivery is in-process only, correct for a single process only.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def _listen_forever() -> None:
     pid = os.getpid()
     backoff = 0.1
     announced_down = False
+    had_failure = False
     channel = invalidation_channel()
     origin = _origin_id()
     while _listener_pid == pid:
@@ -147,7 +149,8 @@ def _listen_forever() -> None:
                 announced_down = False
             backoff = 0.1
             for kind in list(_handlers):  # anything published while we were away is lost
-                _run_handlers(kind, {"resync": True})
+                _run_handlers(kind, {"resync": True, "after_outage": had_failure})
+            had_failure = False
             while _listener_pid == pid:
                 message = pubsub.get_message(timeout=_POLL_SECONDS)
                 if message and message.get("type") == "message":
@@ -155,6 +158,7 @@ def _listen_forever() -> None:
                 cache_stats_flush()
         except Exception as exc:
             _listener_connected.clear()
+            had_failure = True
             if not announced_down:
                 logger.warning("invalidation listener disconnected: %s: %s", type(exc).__name__, exc)
                 announced_down = True

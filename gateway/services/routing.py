@@ -42,6 +42,7 @@ from gateway.services.invalidation import (
 from gateway.services.shared_cache import (
     shared_cache_call,
     shared_cache_delete_pattern,
+    shared_cache_is_redis,
 )
 from gateway.types import ResolvedRoute, RouteMatch
 
@@ -416,6 +417,8 @@ def route_table() -> RouteTable:
 
 
 def _shared_get(normalised: str, method: str) -> RouteMatch | tuple | None:
+    if not shared_cache_is_redis():
+        return None  # a local-memory cache is per process: it would never see another's bump
     key = _shared_key(normalised, method)
     values = shared_cache_call(lambda: cache.get_many([VERSION_KEY, key]), None)
     if not values or key not in values:
@@ -428,7 +431,7 @@ def _shared_get(normalised: str, method: str) -> RouteMatch | tuple | None:
 
 
 def _shared_set(normalised: str, method: str, version: int, result: RouteMatch | tuple) -> None:
-    if version < 0:
+    if version < 0 or not shared_cache_is_redis():
         return
     key = _shared_key(normalised, method)
     timeout = settings.GATEWAY_ROUTE_CACHE_TTL
@@ -498,12 +501,24 @@ def route_upstream_path(*, match: RouteMatch) -> str:
 
 # --- Invalidation ----------------------------------------------------------------------------------
 def _routes_changed(payload: dict) -> None:
-    """Handler of the "routes" kind: drop this process's layers (runs in every process)."""
+    """Handler of the "routes" kind: drop this process's layers (runs in every process).
+
+    After a Redis outage a change may have been made that could not bump the version nor reach
+    anyone: the shared entries are then dropped too, so no cold process trusts them.
+    """
     global _generation
     with _generation_lock:
         _generation += 1
     _tables.clear()
     _matches.clear()
+    if payload.get("after_outage"):
+        shared_cache_call(_shared_version_bump, -1)
+        shared_cache_call(lambda: shared_cache_delete_pattern("routes:*"), 0)
+
+
+def _shared_version_bump() -> int:
+    cache.add(VERSION_KEY, 0, timeout=None)
+    return int(cache.incr(VERSION_KEY))
 
 
 def route_cache_invalidate() -> None:
@@ -515,11 +530,7 @@ def route_cache_invalidate() -> None:
 def route_cache_invalidate_now() -> None:
     """`route_cache_invalidate` without waiting for a commit (commands, test factories)."""
 
-    def bump() -> int:
-        cache.add(VERSION_KEY, 0, timeout=None)
-        return int(cache.incr(VERSION_KEY))
-
-    version = shared_cache_call(bump, -1)
+    version = shared_cache_call(_shared_version_bump, -1)
     shared_cache_call(lambda: shared_cache_delete_pattern("routes:*"), 0)
     _routes_changed({"version": version})  # this process at once, even inside a transaction
     invalidation_publish(kind="routes", payload={"version": version})

@@ -6,8 +6,10 @@ how long a second, independent server process takes to route by the new configur
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
+import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +30,7 @@ from gateway.services.invalidation import (
 )
 from gateway.services.shared_cache import redis_db_number
 from tests.gateway.factories import RouteFactory, ServiceFactory
-from tests.support.servers import ROOT, Reply
+from tests.support.servers import ROOT, Reply, free_port
 
 
 def _recorder():
@@ -96,7 +98,9 @@ _LISTENER_SCRIPT = textwrap.dedent(
     django.setup()
     from gateway.services.invalidation import invalidation_listener_connected, invalidation_subscribe
     def handler(payload):
-        if not payload.get("resync"):
+        if payload.get("after_outage"):
+            print("resync after outage", flush=True)
+        elif not payload.get("resync"):
             print("got", payload.get("n"), repr(time.time()), flush=True)
     invalidation_subscribe("rbac", handler)
     deadline = time.monotonic() + 10
@@ -164,6 +168,82 @@ def test_a_process_on_another_redis_database_hears_nothing():
             if process.poll() is None:
                 process.stdin.close()
                 process.wait(timeout=10)
+
+
+class _TcpProxy:
+    """A TCP relay to the real Redis that the test can cut and restore (an outage the machine's
+    Redis, shared with other engineers, never sees)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._sockets: list[socket.socket] = []
+        self._server: socket.socket | None = None
+
+    def start(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._sockets = []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_listener_survives_a_redis_outage_and_resyncs():
+    prefix, _, db = settings.REDIS_URL.rpartition("/")
+    target_port = int(prefix.rsplit(":", 1)[1])
+    relay = _TcpProxy(target_port)
+    relay.start()
+    listener = _start_listener(f"redis://127.0.0.1:{relay.port}/{db}")
+    try:
+        invalidation_publish(kind="rbac", payload={"n": 1})
+        assert _readline(listener).split()[:2] == ["got", "1"]
+
+        relay.stop()  # Redis "goes away" for the listener
+        time.sleep(1.0)
+        relay.start()
+
+        # it reconnects by itself (backoff), tells its handlers to drop everything …
+        assert _readline(listener, timeout=15).strip() == "resync after outage"
+        # … and hears new messages again
+        invalidation_publish(kind="rbac", payload={"n": 2})
+        assert _readline(listener).split()[:2] == ["got", "2"]
+    finally:
+        listener.stdin.close()
+        listener.wait(timeout=10)
+        relay.stop()
 
 
 @pytest.mark.django_db
