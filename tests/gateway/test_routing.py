@@ -271,3 +271,75 @@ def test_a_new_route_is_seen_after_the_table_was_built():
     RouteFactory(path="/users/me", service=service)
 
     assert route_resolve(method="GET", path="/users/me").route.path == "/users/me"
+
+
+# --- Through /gw: what a client sees ------------------------------------------------------------
+
+
+def _problem(response) -> dict:
+    assert response["Content-Type"] == "application/problem+json"
+    return json.loads(response.content)
+
+
+def test_http_unknown_path_is_404_problem(client):
+    RouteFactory(path="/users/**", auth_required=False)
+
+    response = client.get("/gw/orders/1")
+
+    assert response.status_code == 404
+    assert _problem(response)["type"].endswith("/route-not-found")
+
+
+def test_http_wrong_method_is_405_with_allow(client):
+    RouteFactory(path="/users/{user_id}", methods=["GET", "DELETE"], auth_required=False)
+
+    response = client.post("/gw/users/1", b"{}", content_type="application/json")
+
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD, DELETE"
+    assert _problem(response)["status"] == 405
+
+
+def test_http_path_escaping_the_root_is_400(client):
+    RouteFactory(path="/**", auth_required=False)
+
+    response = client.get("/gw/%2e%2e/admin/")
+
+    assert response.status_code == 400
+    assert _problem(response)["type"].endswith("/invalid-path")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_raw_requests_to_a_server_process(gateway_process_factory, http_server_factory):
+    """The production server hands the raw request-target over: encoded dots and '//' included."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from tests.support.servers import Reply
+
+    upstream = http_server_factory(lambda request: Reply(200, request.path.encode()))
+    RouteFactory(
+        path="/files/**", methods=["GET"], auth_required=False, service=ServiceFactory(targets=[upstream.url])
+    )
+    RouteFactory(path="/admin/**", methods=["GET"], service=ServiceFactory(targets=[upstream.url]))
+    netloc = urlsplit(gateway_process_factory()).netloc
+
+    def get(target: str, method: str = "GET") -> tuple[int, dict, bytes]:
+        connection = http.client.HTTPConnection(netloc, timeout=10)
+        connection.request(method, target)
+        response = connection.getresponse()
+        result = response.status, dict(response.getheaders()), response.read()
+        connection.close()
+        return result
+
+    status, _, body = get("/gw/files//a/./b/%2e%2e/c%20d?x=1")
+    assert (status, body) == (200, b"/files/a/c%20d?x=1")
+    status, _, body = get("/gw/files/%2e%2e/%2e%2e/etc/passwd")
+    assert status == 400 and json.loads(body)["type"].endswith("/invalid-path")
+    status, _, body = get("/gw/files/%2e%2e/admin/x")  # lands on /admin/**, which requires auth
+    assert status == 401
+    status, headers, _ = get("/gw/files/a", method="DELETE")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    status, _, body = get("/gw/nothing")
+    assert status == 404 and json.loads(body)["type"].endswith("/route-not-found")
+    assert [r.path for r in upstream.requests] == ["/files/a/c%20d?x=1"]
