@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIRequest
+from django.db import close_old_connections, connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -275,10 +276,37 @@ def gateway_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) ->
             response = _internal_error()
         response.headers["X-Correlation-ID"] = correlation_id
         start_response(f"{response.status_code} {response.reason_phrase}", response.items())
-        # HttpResponse.close() sends request_finished: DB connections are returned as usual.
-        return response
+        return _WsgiBody(response)
     finally:
         reset_correlation_id(token)
+
+
+class _WsgiBody:
+    """The response body for the WSGI server, with a cheaper close() than HttpResponse's.
+
+    HttpResponse.close() sends `request_finished` (every cache and database connection walked
+    for each request); a warm proxy request opened neither, so only do that when it did.
+    """
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: HttpResponseBase) -> None:
+        self._response = response
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._response)
+
+    def close(self) -> None:
+        response = self._response
+        for closer in response._resource_closers:  # e.g. the upstream stream: connection back to its pool
+            try:
+                closer()
+            except Exception:
+                logger.exception("closing the response failed")
+        response._resource_closers.clear()
+        response.closed = True
+        if any(conn.connection is not None for conn in connections.all(initialized_only=True)):
+            close_old_connections()
 
 
 class GatewayDispatch:
