@@ -192,28 +192,41 @@ class BrokerPublisher:
 
     def send(self, events: Sequence[RelayEvent]) -> None:
         """Write the messages; `wait()` then reports what the broker did not confirm. The relay
-        claims its next batch in between, while the broker persists and acks."""
+        claims its next batch in between, while the broker persists and acks.
+
+        A kept-open connection may have died while idle (broker restart, NAT timeout): a write
+        failing on a reused connection is retried once on a fresh one before events are failed.
+        Anything the broker got from the first try is a duplicate, which consumers dedupe."""
         self._in_flight = list(events)
         self._send_error = None
-        try:
-            producer = self._connect()
-            if self._confirms:
-                self._publish_amqp(producer, events)
-            else:  # e.g. Redis: the write returning is the confirmation
-                for event in events:
-                    producer.publish(
-                        event.body(),
-                        routing_key=event.type,
-                        content_type="application/json",
-                        content_encoding="utf-8",
-                        delivery_mode=2,
-                        message_id=str(event.id),
-                        headers=self._headers(event),
-                        retry=False,
-                    )
-        except Exception as exc:
-            self._send_error = f"broker: {type(exc).__name__}: {exc}"
-            self.close()  # unknown channel state: start over with a fresh connection
+        for attempt in (1, 2):
+            reused = self._producer is not None
+            try:
+                self._write(self._connect(), events)
+                return
+            except Exception as exc:
+                self._send_error = f"broker: {type(exc).__name__}: {exc}"
+                self.close()  # unknown channel state: start over with a fresh connection
+                if not reused or attempt == 2:
+                    return
+                logger.info("outbox broker connection lost, reconnecting: %s", exc)
+                self._send_error = None
+
+    def _write(self, producer: kombu.Producer, events: Sequence[RelayEvent]) -> None:
+        if self._confirms:
+            self._publish_amqp(producer, events)
+            return
+        for event in events:  # e.g. Redis: the write returning is the confirmation
+            producer.publish(
+                event.body(),
+                routing_key=event.type,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                message_id=str(event.id),
+                headers=self._headers(event),
+                retry=False,
+            )
 
     def wait(self) -> Failures:
         events, self._in_flight = self._in_flight, []

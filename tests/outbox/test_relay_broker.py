@@ -70,10 +70,10 @@ def test_two_relays_deliver_everything_in_order_per_aggregate(broker):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if name == "one":  # batch by batch
-                    result = outbox_relay_batch(publisher=publisher, batch_size=150)
+                    result = outbox_relay_batch(publisher=publisher, batch_size=250)
                     published, claimed = published + result.published, result.claimed
                 else:  # draining, the next claim overlapping the broker's confirms
-                    drained = outbox_relay_drain(publisher=publisher, batch_size=150)
+                    drained = outbox_relay_drain(publisher=publisher, batch_size=250)
                     published, claimed = published + drained.published, drained.batches
                 if not claimed:
                     if not OutboxEvent.objects.filter(status="pending").exists():
@@ -190,3 +190,21 @@ def test_broker_publisher_works_over_redis_too(settings):
         assert message is not None
         assert message.properties["message_id"] == str(event.id)
         assert json.loads(message.body)["payload"] == {"a": 1}
+
+
+def test_a_broker_connection_dropped_while_idle_costs_no_attempt(broker):
+    import socket
+
+    from outbox.publishers import publisher_from_settings
+
+    publish_events(count=1, aggregates=1, aggregatetype="first")
+    assert outbox_relay_drain().published == 1
+    # the kept-open connection dies while the relay is idle (broker restart, NAT timeout)
+    publisher_from_settings()._connection.connection.transport.sock.shutdown(socket.SHUT_RDWR)
+
+    publish_events(count=3, aggregates=1)
+    result = outbox_relay_drain()
+
+    assert (result.published, result.failed) == (3, 0)
+    assert len({m.message_id for m in broker.collect(at_least=4)}) == 4
+    assert OutboxEvent.objects.filter(attempts__gt=0).count() == 0
