@@ -90,7 +90,11 @@ def main() -> None:
         with lock:
             rss_samples.append(rss_mib())
             if len(rss_samples) % 40 == 0:
-                print(f"  … {total} expired by one sweep, RSS {rss_samples[-1]:.0f} MiB", flush=True)
+                print(
+                    f"  … {total} expired by one sweep at {time.monotonic() - started:.1f} s,"
+                    f" RSS {rss_samples[-1]:.0f} MiB",
+                    flush=True,
+                )
 
     results: list[int] = []
 
