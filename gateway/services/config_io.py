@@ -223,7 +223,7 @@ def _parse(data: Any) -> tuple[list[_ServiceSpec], list[_RouteSpec], list[str]]:
                 fields[name] = model_field.clean(fields[name], None)
             except ValidationError as exc:
                 entry_problems.append(f"{name}: {' '.join(exc.messages)}")
-        cache_without_get = isinstance(methods, list) and not set(methods) & {"GET", "HEAD"}
+        cache_without_get = isinstance(methods, list) and not {"GET", "HEAD"} & {str(m) for m in methods}
         if methods and fields.get("cache_ttl_seconds") and cache_without_get:
             entry_problems.append("cache_ttl_seconds: only GET/HEAD responses are cached")
         if entry_problems:
