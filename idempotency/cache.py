@@ -43,7 +43,7 @@ class CachedRecord:
     expires_at: datetime
 
     def is_live(self) -> bool:
-        return self.expires_at > timezone.now()
+        return self.expires_at >= timezone.now()  # purge deletes only expires_at < now
 
 
 class _RedisBreaker:

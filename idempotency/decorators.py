@@ -26,7 +26,6 @@ from django.http.request import RawPostDataException
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from idempotency.cache import StoredResponse
 from idempotency.errors import IdempotencyInProgress, IdempotencyKeyMissing
 from idempotency.services import (
     ANONYMOUS_SCOPE,
@@ -104,14 +103,11 @@ def _execute(
 
 def _settle(claim: Claim, response: HttpResponseBase) -> HttpResponseBase:
     response, stored = idempotency_response_capture(response=response)
-    if not idempotency_status_is_final(status=stored.status) or not _complete(claim, stored):
+    if not idempotency_status_is_final(status=stored.status) or not idempotency_complete(
+        claim=claim, response=stored
+    ):
         idempotency_fail(claim=claim)
     return response
-
-
-def _complete(claim: Claim, stored: StoredResponse) -> bool:
-    with transaction.atomic():
-        return idempotency_complete(claim=claim, response=stored)
 
 
 def _rendered(

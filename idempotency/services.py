@@ -153,16 +153,45 @@ def idempotency_request_hash(*, method: str, path: str, query: bytes, body: byte
 
 # --- the claim --------------------------------------------------------------------------------
 
+# The claim: one statement. `_async` makes this statement's own (autocommit) transaction commit
+# without waiting for the WAL flush — see `_async_commit`.
 _INSERT_SQL = """
 INSERT INTO idempotency_record
     ("scope", "key", "method", "path", "request_hash", "status", "lock_token", "locked_at",
      "locked_until", "response_content_type", "response_location", "response_stored",
      "created_at", "expires_at")
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, '', '', %s, %s, %s)
+SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, '', '', %s, %s, %s {async_from}
+WHERE true
 ON CONFLICT ("scope", "key") DO NOTHING
 RETURNING "id"
 """
+_ASYNC_FROM = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS _async"
+_COMPLETE_SQL = """
+UPDATE idempotency_record SET
+    "status" = %s, "response_status" = %s, "response_body" = %s, "response_content_type" = %s,
+    "response_location" = %s, "response_stored" = %s, "completed_at" = %s, "locked_until" = NULL
+{async_from}
+WHERE "scope" = %s AND "key" = %s AND "lock_token" = %s AND "status" = %s
+"""
 _LOCK_TOKEN_FIELD = IdempotencyRecord._meta.get_field("lock_token")
+
+
+def _async_commit() -> bool:
+    """Whether a record-only write may commit without waiting for the WAL flush.
+
+    A durable commit costs more than the rest of the idempotency layer together. Visibility and
+    atomicity do not change (the claim is still one atomic statement, seen by every other session
+    once it returns); only a PostgreSQL crash within ~0.6 s of the commit (3 x wal_writer_delay)
+    can lose the write, which at worst lets one retry execute again. The setting is scoped to the
+    one statement's transaction (`set_config(..., true)`), never the session. Inside a caller's
+    transaction (the DRF decorator's completion) it is never used: that commit carries the
+    handler's work and stays durable. IDEMPOTENCY_DURABLE_COMMIT = true turns it off.
+    """
+    return (
+        connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and not settings.IDEMPOTENCY_DURABLE_COMMIT
+    )
 
 
 def idempotency_begin(
@@ -191,7 +220,7 @@ def idempotency_begin(
     ops = connection.ops
     with connection.cursor() as cursor:
         cursor.execute(
-            _INSERT_SQL,
+            _INSERT_SQL.format(async_from=_ASYNC_FROM if _async_commit() else ""),
             [
                 request.scope,
                 request.key,
@@ -212,10 +241,49 @@ def idempotency_begin(
         IDEMPOTENCY_RECORDS_CREATED.labels(entry, "new").inc()
         return claim
 
-    # The key exists. Take it over in one conditional UPDATE when it no longer binds anyone:
-    # expired (any request may reuse it), or — for the same request — failed, or processing
-    # past its lock (its executor died). Concurrent takeovers serialise on the row: one wins.
-    taken_over = (
+    # The key exists: answer from its state, unless it no longer binds anyone — expired (any
+    # request may reuse it), or for this same request failed or processing past its lock (its
+    # executor died). Then one conditional UPDATE takes it over; concurrent takeovers serialise
+    # on the row and exactly one wins. No loop: a lost race is answered "in progress".
+    row = idempotency_record_state_get(scope=request.scope, key=request.key)
+    if row is not None and row["expires_at"] >= now and row["request_hash"] != request.request_hash:
+        IDEMPOTENCY_CONFLICTS.labels(entry).inc()
+        raise IdempotencyKeyReused()
+    if row is not None and row["expires_at"] >= now and row["status"] == Status.COMPLETED:
+        stored = StoredResponse(
+            status=row["response_status"],
+            body=bytes(row["response_body"] or b""),
+            content_type=row["response_content_type"],
+            location=row["response_location"],
+            stored=row["response_stored"],
+        )
+        cached_record_put(
+            scope=request.scope,
+            key=request.key,
+            record=CachedRecord(request.request_hash, stored, row["expires_at"]),
+        )
+        return _answer_completed(request, row["request_hash"], stored, "database", entry)
+    if (
+        row is not None
+        and _looks_free(row, now)
+        and _takeover(request=request, now=now, locked_until=locked_until, claim=claim)
+    ):
+        IDEMPOTENCY_RECORDS_CREATED.labels(entry, "takeover").inc()
+        return claim
+    # processing within its lock, or a race lost to another executor (or to the purge)
+    IDEMPOTENCY_IN_PROGRESS.labels(entry).inc()
+    raise IdempotencyInProgress(retry_after=RETRY_AFTER_SECONDS)
+
+
+def _looks_free(row: dict, now: datetime) -> bool:
+    """Whether the row may be taken over (the UPDATE re-checks this atomically)."""
+    if row["expires_at"] < now or row["status"] == Status.FAILED:
+        return True
+    return row["status"] == Status.PROCESSING and (row["locked_until"] is None or row["locked_until"] < now)
+
+
+def _takeover(*, request: IdempotentRequest, now: datetime, locked_until: datetime, claim: Claim) -> bool:
+    updated = (
         IdempotencyRecord.objects.filter(scope=request.scope, key=request.key)
         .filter(
             Q(expires_at__lt=now)
@@ -229,7 +297,7 @@ def idempotency_begin(
             path=request.path[:2048],
             request_hash=request.request_hash,
             status=Status.PROCESSING,
-            lock_token=token,
+            lock_token=claim.lock_token,
             locked_at=now,
             locked_until=locked_until,
             response_status=None,
@@ -239,38 +307,10 @@ def idempotency_begin(
             response_stored=True,
             created_at=now,
             completed_at=None,
-            expires_at=expires_at,
+            expires_at=claim.expires_at,
         )
     )
-    if taken_over:
-        IDEMPOTENCY_RECORDS_CREATED.labels(entry, "takeover").inc()
-        return claim
-
-    row = idempotency_record_state_get(scope=request.scope, key=request.key)
-    if row is None:
-        # Purged between our INSERT and this read (it had expired): the client simply retries.
-        IDEMPOTENCY_IN_PROGRESS.labels(entry).inc()
-        raise IdempotencyInProgress(retry_after=RETRY_AFTER_SECONDS)
-    if row["request_hash"] != request.request_hash:
-        IDEMPOTENCY_CONFLICTS.labels(entry).inc()
-        raise IdempotencyKeyReused()
-    if row["status"] != Status.COMPLETED:
-        # processing within its lock (or released a moment ago by another executor)
-        IDEMPOTENCY_IN_PROGRESS.labels(entry).inc()
-        raise IdempotencyInProgress(retry_after=RETRY_AFTER_SECONDS)
-    stored = StoredResponse(
-        status=row["response_status"],
-        body=bytes(row["response_body"] or b""),
-        content_type=row["response_content_type"],
-        location=row["response_location"],
-        stored=row["response_stored"],
-    )
-    cached_record_put(
-        scope=request.scope,
-        key=request.key,
-        record=CachedRecord(request.request_hash, stored, row["expires_at"]),
-    )
-    return _answer_completed(request, row["request_hash"], stored, "database", entry)
+    return bool(updated)
 
 
 def _answer_completed(
@@ -300,18 +340,40 @@ def idempotency_complete(*, claim: Claim, response: StoredResponse) -> bool:
     work and this row together); the caches are filled only once that commits.
     """
     request = claim.request
-    updated = IdempotencyRecord.objects.filter(
-        scope=request.scope, key=request.key, lock_token=claim.lock_token, status=Status.PROCESSING
-    ).update(
-        status=Status.COMPLETED,
-        response_status=response.status,
-        response_body=response.body if response.stored else None,
-        response_content_type=response.content_type[:255],
-        response_location=response.location[:2048],
-        response_stored=response.stored,
-        completed_at=timezone.now(),
-        locked_until=None,
-    )
+    body = response.body if response.stored else None
+    completed_at = timezone.now()
+    if _async_commit():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _COMPLETE_SQL.format(async_from=_ASYNC_FROM),
+                [
+                    Status.COMPLETED.value,
+                    response.status,
+                    body,
+                    response.content_type[:255],
+                    response.location[:2048],
+                    response.stored,
+                    completed_at,
+                    request.scope,
+                    request.key,
+                    claim.lock_token,
+                    Status.PROCESSING.value,
+                ],
+            )
+            updated = cursor.rowcount
+    else:
+        updated = IdempotencyRecord.objects.filter(
+            scope=request.scope, key=request.key, lock_token=claim.lock_token, status=Status.PROCESSING
+        ).update(
+            status=Status.COMPLETED,
+            response_status=response.status,
+            response_body=body,
+            response_content_type=response.content_type[:255],
+            response_location=response.location[:2048],
+            response_stored=response.stored,
+            completed_at=completed_at,
+            locked_until=None,
+        )
     if not updated:
         IDEMPOTENCY_OUTCOMES.labels(claim.entry, "lock_lost").inc()
         logger.warning("idempotency: claim on key %r was taken over before completion", request.key)
@@ -319,7 +381,11 @@ def idempotency_complete(*, claim: Claim, response: StoredResponse) -> bool:
     IDEMPOTENCY_OUTCOMES.labels(claim.entry, "completed").inc()
     if response.stored:
         record = CachedRecord(request.request_hash, response, claim.expires_at)
-        transaction.on_commit(lambda: cached_record_put(scope=request.scope, key=request.key, record=record))
+        # This process's memory only: most keys are never retried, so Redis is filled on the
+        # first replay read from the database instead of paying a round trip on every request.
+        transaction.on_commit(
+            lambda: cached_record_put(scope=request.scope, key=request.key, record=record, shared=False)
+        )
     return True
 
 

@@ -41,7 +41,7 @@ def test_replay_is_byte_identical_with_replayed_header(post, executions, alice):
     assert bytes(record.response_body) == first.content
 
 
-def test_replay_comes_from_the_database_when_caches_are_empty(
+def test_replays_are_read_from_memory_then_redis_then_the_database(
     post, executions, alice, django_capture_on_commit_callbacks
 ):
     from django.core.cache import cache
@@ -49,18 +49,33 @@ def test_replay_comes_from_the_database_when_caches_are_empty(
     from common.local_cache import reset_all_local_caches
     from idempotency.cache import cache_key
 
+    def replay_from() -> str:
+        before = {source: _replays(source) for source in ("local", "redis", "database")}
+        response = post(URL, BODY, key="k-path", **alice)
+        assert response["Idempotent-Replayed"] == "true"
+        assert response.content == first.content
+        (source,) = [name for name, count in before.items() if _replays(name) == count + 1]
+        return source
+
     with django_capture_on_commit_callbacks(execute=True):
-        first = post(URL, BODY, key="k-db", **alice)
-    name = cache_key(scope="user:alice|tenant:t-1", key="k-db")
-    assert cache.get(name) is not None  # written through on completion
-    cache.delete(name)
+        first = post(URL, BODY, key="k-path", **alice)
+    shared = cache_key(scope="user:alice|tenant:t-1", key="k-path")
+
+    assert cache.get(shared) is None  # not written through: most keys are never retried
+    assert replay_from() == "local"  # this process filled its memory on completion
     reset_all_local_caches()
-
-    second = post(URL, BODY, key="k-db", **alice)
-
-    assert second["Idempotent-Replayed"] == "true"
-    assert second.content == first.content
+    assert replay_from() == "database"  # the source of truth; fills Redis and memory
+    assert cache.get(shared) is not None
+    reset_all_local_caches()
+    assert replay_from() == "redis"  # another process would start here
+    assert replay_from() == "local"
     assert executions == 1
+
+
+def _replays(source: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("idempotency_replays_total", {"entry": "api", "source": source}) or 0.0
 
 
 def test_same_key_different_body_is_409_key_reused(post, executions, alice):
