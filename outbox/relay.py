@@ -362,7 +362,14 @@ def _relay_round(
     released: list[UUID] = []
     prefetched: list[RelayEvent] | None = None
     overlap = prefetch and hasattr(publisher, "send") and hasattr(publisher, "wait")
+    # Stop starting waves well before the lease ends (a slow webhook receiver): past it another
+    # relay may claim the same events and the two would interleave.
+    wave_deadline = time.monotonic() + settings.OUTBOX_LEASE_SECONDS / 2
     while queues:
+        if time.monotonic() > wave_deadline:
+            released.extend(event.id for queue in queues.values() for event in queue)
+            logger.warning("outbox: lease half spent, %d claimed events handed back", len(released))
+            break
         wave = [queue.popleft() for queue in queues.values()]
         if overlap and all(not queue for queue in queues.values()):  # the last wave
             publisher.send(wave)  # type: ignore[attr-defined]

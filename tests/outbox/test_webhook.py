@@ -156,3 +156,26 @@ def test_drain_command_reports_progress_and_fails_when_publishing_fails(webhook,
     make_due()
     call_command("drain_outbox")
     assert OutboxEvent.objects.filter(status="published").count() == 4
+
+
+def test_a_slow_receiver_never_outlives_the_lease(settings, http_server_factory):
+    # given a receiver that takes 0.6 s per event and a 1 s lease
+    from outbox.relay import outbox_relay_batch
+
+    server = http_server_factory(lambda request: Reply(204, delay=0.6))
+    settings.OUTBOX_PUBLISHER = "webhook"
+    settings.OUTBOX_WEBHOOK_URL = server.url
+    settings.OUTBOX_LEASE_SECONDS = 1
+    publish_events(count=3, aggregates=1)
+
+    # when one round runs
+    result = outbox_relay_batch(batch_size=10)
+
+    # then it stops starting waves at half the lease and hands the rest back, unleased
+    assert (result.claimed, result.published, result.released) == (3, 1, 2)
+    rest = OutboxEvent.objects.filter(status="pending")
+    assert [(event.attempts, event.locked_until) for event in rest] == [(0, None), (0, None)]
+    from outbox import publishers
+
+    publishers._cached[1].close()
+    publishers._cached = None
