@@ -7,6 +7,8 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
@@ -99,6 +101,14 @@ class OrderCreateApi(APIView):
 
     # Key required; the decorator runs this in one transaction with the key's completion, so the
     # order, its order.created event and the stored response commit together.
+    @extend_schema(
+        operation_id="orders_create",
+        request=InputSerializer,
+        responses={201: OrderOutputSerializer},
+        parameters=[
+            OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True)
+        ],
+    )
     @idempotent()
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -126,6 +136,7 @@ class OrderListApi(APIView):
 
     OutputSerializer = OrderOutputSerializer
 
+    @extend_schema(operation_id="orders_list", responses={200: OrderOutputSerializer(many=True)})
     def get(self, request: Request) -> Response:
         orders = selectors.order_list_for_owner(**_owner(request))
         paginator = self.Pagination()
@@ -137,6 +148,7 @@ class OrderListApi(APIView):
 class OrderDetailApi(APIView):
     OutputSerializer = OrderOutputSerializer
 
+    @extend_schema(operation_id="orders_retrieve", responses={200: OrderOutputSerializer})
     def get(self, request: Request, order_id: str) -> Response:
         order = selectors.order_get_for_owner(order_id=order_id, **_owner(request))
         if order is None:
@@ -147,6 +159,7 @@ class OrderDetailApi(APIView):
 class OrderCancelApi(APIView):
     OutputSerializer = OrderOutputSerializer
 
+    @extend_schema(operation_id="orders_cancel", request=None, responses={200: OrderOutputSerializer})
     def post(self, request: Request, order_id: str) -> Response:
         order = services.order_cancel(order_id=order_id, **_owner(request))
         return Response(self.OutputSerializer(order).data)
@@ -165,6 +178,15 @@ class PaymentEventApi(APIView):
         order_status = serializers.CharField()
         duplicate = serializers.BooleanField()
 
+    @extend_schema(
+        operation_id="payment_events_create",
+        request=OpenApiTypes.OBJECT,
+        responses={200: OutputSerializer},
+        parameters=[
+            OpenApiParameter("X-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True),
+            OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER),
+        ],
+    )
     def post(self, request: Request) -> Response:
         # The signature covers the bytes as sent: verify before anything parses them, and before
         # an Idempotency-Key is claimed (an unsigned request must not be able to burn a key).
