@@ -289,6 +289,12 @@ class _Entry:
         return params, raw_params
 
 
+def _first_literal(pattern: RoutePattern) -> str | None:
+    if pattern.segments and pattern.segments[0][0] == LITERAL:
+        return pattern.segments[0][1]
+    return None
+
+
 def _effective_methods(methods: Iterable[str]) -> frozenset[str]:
     result = set(methods)
     if "GET" in result:
@@ -309,7 +315,7 @@ class RouteTable:
         self.exact: dict[tuple[str, ...], list[_Entry]] = {}
         self.fixed: dict[int, list[_Entry]] = {}
         self.rest: list[_Entry] = []
-        self._by_count: dict[int, list[_Entry]] = {}
+        self._by_count: dict[tuple[int, str | None], list[_Entry]] = {}
         self._lock = threading.Lock()
         count = 0
         for route in routes:
@@ -330,23 +336,35 @@ class RouteTable:
                 self.rest.append(entry)
             else:
                 self.fixed.setdefault(len(pattern.segments), []).append(entry)
+        self._first_literals = frozenset(
+            literal
+            for e in (*self.rest, *(x for xs in self.fixed.values() for x in xs))
+            if (literal := _first_literal(e.pattern)) is not None
+        )
         for entries in self.exact.values():
             entries.sort(key=lambda e: e.sort_key, reverse=True)
         for entries in self.fixed.values():
             entries.sort(key=lambda e: e.sort_key, reverse=True)
         self.size = count
 
-    def _candidates(self, count: int) -> list[_Entry]:
-        candidates = self._by_count.get(count)
+    def _candidates(self, segments: tuple[str, ...]) -> list[_Entry]:
+        """Patterns that may match a path of this many segments starting with this segment, most
+        specific first. Bucketed by (segment count, first literal): APIs are usually prefixed by
+        service, so a look-up scans a handful of patterns, not all of them."""
+        count = len(segments)
+        first = segments[0] if segments and segments[0] in self._first_literals else None
+        key = (count, first)
+        candidates = self._by_count.get(key)
         if candidates is None:
             candidates = [
                 *self.fixed.get(count, ()),
                 *(e for e in self.rest if len(e.pattern.segments) <= count),
             ]
+            candidates = [e for e in candidates if _first_literal(e.pattern) in (None, first)]
             candidates.sort(key=lambda e: e.sort_key, reverse=True)
-            if count <= 64:
+            if count <= 64:  # keys are bounded: known literals × counts
                 with self._lock:
-                    self._by_count[count] = candidates
+                    self._by_count[key] = candidates
         return candidates
 
     def match(
@@ -357,7 +375,7 @@ class RouteTable:
             if method in entry.methods:
                 return RouteMatch(route=entry.route, params={}, path=normalised, raw_params={})
             allowed |= entry.methods
-        for entry in self._candidates(len(segments)):
+        for entry in self._candidates(segments):
             captured = entry.capture(segments, raw_segments)
             if captured is None:
                 continue

@@ -82,6 +82,10 @@ PRECEDENCE = [
     # still equal: the literal earlier in the path wins, then the older route
     ([("/{x}/b/c", 0), ("/a/{y}/c", 0)], "/a/b/c", 1),
     ([("/users/{a}", 0), ("/users/{b}", 0)], "/users/1", 0),
+    # patterns starting with a literal and with a parameter compete in the same look-up
+    ([("/a/**", 0), ("/{x}/b", 0)], "/a/b", 1),
+    ([("/a/{y}", 0), ("/{x}/b", 9)], "/a/b", 1),
+    ([("/a/{y}", 0), ("/{x}/b", 9)], "/zzz/b", 1),
 ]
 
 
