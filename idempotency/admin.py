@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from idempotency.models import IdempotencyRecord
@@ -13,6 +14,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
     list_display = ("key", "scope", "method", "path", "status", "response_status", "created_at", "expires_at")
     list_filter = ("status", "method")
     search_fields = ("key",)
+    search_help_text = "Exact Idempotency-Key"
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     exclude = ("response_body",)
@@ -35,6 +37,12 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
         "completed_at",
         "expires_at",
     )
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+        """Exact match on the key: served by the (key, scope) unique index, unlike icontains."""
+        if not search_term:
+            return queryset, False
+        return queryset.filter(key=search_term.strip()), False
 
     @admin.display(description="Response body (first 2 KiB)")
     def response_body_preview(self, obj: IdempotencyRecord) -> str:

@@ -39,13 +39,12 @@ class IdempotencyRecord(models.Model):
         db_table = "idempotency_record"
         ordering = ["-created_at"]
         constraints = [
-            # The claim: INSERT … ON CONFLICT (scope, key) relies on this; it is also the look-up index.
-            models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_unique"),
+            # The claim: INSERT … ON CONFLICT (scope, key) relies on this. It is also the look-up
+            # index, key first so that admin's search by key uses it too (one index less to write
+            # on every claim).
+            models.UniqueConstraint(fields=["key", "scope"], name="idempotency_key_scope_unique"),
         ]
-        indexes = [
-            models.Index(fields=["expires_at"], name="idempotency_expires_at_idx"),
-            models.Index(fields=["key"], name="idempotency_key_idx"),
-        ]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expires_at_idx")]
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key} ({self.status})"

@@ -162,7 +162,7 @@ INSERT INTO idempotency_record
      "created_at", "expires_at")
 SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, '', '', %s, %s, %s {async_from}
 WHERE true
-ON CONFLICT ("scope", "key") DO NOTHING
+ON CONFLICT ("key", "scope") DO NOTHING
 RETURNING "id"
 """
 _ASYNC_FROM = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS _async"

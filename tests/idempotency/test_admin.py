@@ -41,7 +41,7 @@ def test_changelist_searches_by_key_and_filters_by_status(staff_client):
     _record("beta-key", "failed")
     url = "/admin/idempotency/idempotencyrecord/"
 
-    searched = staff_client.get(url, {"q": "alpha"})
+    searched = staff_client.get(url, {"q": "alpha-key"})
     filtered = staff_client.get(url, {"status__exact": "failed"})
 
     assert searched.status_code == 200
