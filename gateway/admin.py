@@ -186,12 +186,14 @@ class RouteAdmin(admin.ModelAdmin):
 
     @admin.action(description="Enable selected routes")
     def enable_routes(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
-        count = routes_set_enabled(routes=queryset, enabled=True)
+        count, refused = routes_set_enabled(routes=queryset, enabled=True)
         self.message_user(request, f"{count} route(s) enabled.", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, f"Not enabled: {reason}", messages.WARNING)
 
     @admin.action(description="Disable selected routes")
     def disable_routes(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
-        count = routes_set_enabled(routes=queryset, enabled=False)
+        count, _ = routes_set_enabled(routes=queryset, enabled=False)
         self.message_user(request, f"{count} route(s) disabled.", messages.SUCCESS)
 
     @admin.action(description="Flush cached responses of selected routes")

@@ -68,12 +68,24 @@ def routes_delete(*, routes: QuerySet[Route]) -> int:
 
 
 @transaction.atomic
-def routes_set_enabled(*, routes: QuerySet[Route], enabled: bool) -> int:
-    from django.utils import timezone
-
-    changed = routes.exclude(enabled=enabled).update(enabled=enabled, updated_at=timezone.now())
-    route_cache_invalidate()
-    return changed
+def routes_set_enabled(*, routes: QuerySet[Route], enabled: bool) -> tuple[int, list[str]]:
+    """Enable or disable routes; a route whose enabling would duplicate an enabled route is left
+    disabled and reported. Returns (how many changed, why the others were refused)."""
+    changed = 0
+    refused: list[str] = []
+    for route in routes.exclude(enabled=enabled).order_by("id"):
+        route.enabled = enabled
+        if enabled:
+            try:
+                route_validate(route=route)
+            except ValidationError as exc:
+                refused.append(f"{route}: {' '.join(m for ms in exc.message_dict.values() for m in ms)}")
+                continue
+        route.save(update_fields=["enabled", "updated_at"])
+        changed += 1
+    if changed:
+        route_cache_invalidate()
+    return changed, refused
 
 
 @transaction.atomic

@@ -267,8 +267,9 @@ _NOT_FOUND = ("404",)
 class _Entry:
     route: ResolvedRoute
     pattern: RoutePattern
-    methods: frozenset[str]
+    methods: frozenset[str]  # as served: HEAD added where GET is
     sort_key: tuple
+    explicit: frozenset[str]  # as configured
 
     def capture(
         self, segments: tuple[str, ...], raw_segments: tuple[str, ...]
@@ -328,7 +329,9 @@ class RouteTable:
             # Most specific first: more literal segments, then priority, then a fixed-length
             # pattern before a `**` one, then literals earlier in the path, then the older route.
             sort_key = (pattern.literal_count, route.priority, not pattern.rest, ranks, -route.id)
-            entry = _Entry(route, pattern, _effective_methods(route.methods), sort_key)
+            entry = _Entry(
+                route, pattern, _effective_methods(route.methods), sort_key, frozenset(route.methods)
+            )
             count += 1
             if pattern.is_literal:
                 self.exact.setdefault(tuple(v for _, v in pattern.segments), []).append(entry)
@@ -371,19 +374,29 @@ class RouteTable:
         self, method: str, normalised: str, segments: tuple[str, ...], raw_segments: tuple[str, ...]
     ) -> RouteMatch | tuple:
         allowed: set[str] = set()
+        # HEAD goes to a route listing HEAD itself if one matches, else to the route serving GET.
+        implied_head: RouteMatch | None = None
         for entry in self.exact.get(segments, ()):
-            if method in entry.methods:
+            if method in entry.explicit:
                 return RouteMatch(route=entry.route, params={}, path=normalised, raw_params={})
+            if implied_head is None and method in entry.methods:
+                implied_head = RouteMatch(route=entry.route, params={}, path=normalised, raw_params={})
             allowed |= entry.methods
         for entry in self._candidates(segments):
             captured = entry.capture(segments, raw_segments)
             if captured is None:
                 continue
-            if method in entry.methods:
+            if method in entry.explicit:
                 return RouteMatch(
                     route=entry.route, params=captured[0], path=normalised, raw_params=captured[1]
                 )
+            if implied_head is None and method in entry.methods:
+                implied_head = RouteMatch(
+                    route=entry.route, params=captured[0], path=normalised, raw_params=captured[1]
+                )
             allowed |= entry.methods
+        if implied_head is not None:
+            return implied_head
         if allowed:
             return ("405", _allow_header_order(allowed))
         return _NOT_FOUND

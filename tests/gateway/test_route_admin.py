@@ -190,3 +190,32 @@ def test_deleting_a_route_in_admin_stops_routing(admin_client, django_capture_on
 
     with pytest.raises(RouteNotFound):
         route_resolve(method="GET", path="/users/1")
+
+
+def test_enable_action_refuses_a_duplicate_and_disable_action_stops_routing(
+    admin_client, django_capture_on_commit_callbacks
+):
+    live = RouteFactory(path="/users/{user_id}", methods=["GET"])
+    copy = RouteFactory(path="/users/{user_id}", methods=["GET"], service=live.service, enabled=False)
+    other = RouteFactory(path="/other/**", methods=["GET"], service=live.service, enabled=False)
+    changelist = reverse("admin:gateway_route_changelist")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            changelist, {"action": "enable_routes", "_selected_action": [copy.pk, other.pk]}, follow=True
+        )
+
+    text = response.content.decode()
+    assert "1 route(s) enabled." in text and "Not enabled: GET /users/{user_id}" in text
+    copy.refresh_from_db()
+    other.refresh_from_db()
+    assert copy.enabled is False and other.enabled is True
+    assert route_resolve(method="GET", path="/other/x").route.id == other.pk
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(changelist, {"action": "disable_routes", "_selected_action": [live.pk]})
+
+    from gateway.services.routing import RouteNotFound
+
+    with pytest.raises(RouteNotFound):
+        route_resolve(method="GET", path="/users/1")

@@ -129,6 +129,15 @@ def test_head_is_served_where_get_is():
         route_resolve(method="OPTIONS", path="/items")
 
 
+def test_a_route_listing_head_takes_head_requests_from_the_get_route():
+    service = ServiceFactory()
+    get_route = RouteFactory(path="/items/{id}", methods=["GET"], service=service)
+    head_route = RouteFactory(path="/items/**", methods=["HEAD"], service=service)
+
+    assert route_resolve(method="HEAD", path="/items/1").route.id == head_route.id
+    assert route_resolve(method="GET", path="/items/1").route.id == get_route.id
+
+
 def test_unknown_path_is_404_problem():
     RouteFactory(path="/users/**")
 
