@@ -1,12 +1,12 @@
 """The outbox relay: claim with a lease, publish with no transaction open, mark after confirm.
 
 Order per aggregate. An event is a *head* when no earlier event (lower `sequence`) of its
-aggregate is still pending or dead. A relay claims heads with `FOR UPDATE SKIP LOCKED` and, in
-the same transaction, the pending events that follow them, and commits a lease
-(`locked_until`). While a head is leased no other relay can claim anything of that aggregate:
-its head is leased and its later events are not heads. So two relays never hold events of one
-aggregate at the same time (except after a lease expired, when the old holder is presumed dead;
-it may then still publish, which is the at-least-once duplicate consumers dedupe by event id).
+aggregate is still pending or dead. A relay claims heads with `FOR UPDATE SKIP LOCKED` and
+commits a lease (`locked_until`) on them, then the pending events that follow those heads.
+While a head is leased no other relay can claim anything of that aggregate: its head is leased
+and its later events are not heads. So two relays never hold events of one aggregate at the
+same time (except after a lease expired, when the old holder is presumed dead; it may then
+still publish, which is the at-least-once duplicate consumers dedupe by event id).
 The NOT EXISTS is evaluated on the statement's snapshot, where "published" can only be seen once
 the publish really was confirmed, so a stale snapshot can only make a relay claim less.
 
@@ -244,10 +244,15 @@ def outbox_claim(*, batch_size: int, lease_seconds: int | None = None) -> list[R
     """Claim up to `batch_size` events (heads plus their followers) and commit the lease."""
     now = timezone.now()
     lease = now + timedelta(seconds=lease_seconds or settings.OUTBOX_LEASE_SECONDS)
-    claim = _claim_postgresql if connection.vendor == "postgresql" else _claim_portable
     try:
-        with transaction.atomic():
-            rows = claim(now, lease, batch_size)
+        if connection.vendor == "postgresql":
+            # Each statement commits its own lease (autocommit): no BEGIN/COMMIT round trips.
+            # The followers need no lock held from the heads statement: once the heads' lease is
+            # committed, no other relay can claim anything of those aggregates.
+            rows = _claim_postgresql(now, lease, batch_size)
+        else:
+            with transaction.atomic():
+                rows = _claim_portable(now, lease, batch_size)
     except OperationalError as exc:  # deadlock, lock timeout, SQLite busy: next round
         logger.warning("outbox claim failed, retrying next round: %s", exc)
         return []
@@ -265,11 +270,10 @@ def _update_pending(ids: list[UUID], **values: object) -> int:
     for start in range(0, len(ids), 5000):
         chunk = ids[start : start + 5000]
         for attempt in range(3):
-            try:
-                with transaction.atomic():
-                    updated += OutboxEvent.objects.filter(
-                        id__in=chunk, status=OutboxEvent.Status.PENDING
-                    ).update(**values)
+            try:  # one statement: atomic on its own, no BEGIN/COMMIT round trips
+                updated += OutboxEvent.objects.filter(id__in=chunk, status=OutboxEvent.Status.PENDING).update(
+                    **values
+                )
                 break
             except OperationalError:
                 if attempt == 2:
