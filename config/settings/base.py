@@ -170,7 +170,7 @@ IDEMPOTENCY_LOCK_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", d
 IDEMPOTENCY_MISMATCH_STATUS = env.int("IDEMPOTENCY_MISMATCH_STATUS", default=409)
 # Largest response body kept for replay; a larger one is streamed through, never re-executed.
 IDEMPOTENCY_MAX_RESPONSE_BYTES = env.int("IDEMPOTENCY_MAX_RESPONSE_BYTES", default=1024 * 1024)
-# Record-only writes (claim, takeover, gateway completion) commit without waiting for the WAL
+# Record-only writes (the claim, the gateway completion) commit without waiting for the WAL
 # flush unless true; a handler's own transaction is always durable (docs/idempotency.md).
 IDEMPOTENCY_DURABLE_COMMIT = env.bool("IDEMPOTENCY_DURABLE_COMMIT", default=False)
 
