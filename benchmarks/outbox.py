@@ -145,7 +145,8 @@ def main() -> None:
     channel.queue_bind(name, name, routing_key="#")
     print(
         f"outbox relay -> RabbitMQ (publisher confirms, persistent, durable queue): "
-        f"{args.events} events over {args.aggregates} aggregates, batch {args.batch_size}"
+        f"{args.events} events over {args.aggregates} aggregates, batch {args.batch_size}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other work shares them)"
     )
     rates = {}
     try:
