@@ -9,6 +9,8 @@ endpoints doing one INSERT each (a minimal DRF APIView on a benchmark-only table
     POST /bench/plain        no authentication, one INSERT          (the brief's plain insert)
     POST /bench/plain-auth   the same, behind the Bearer token auth  (isolates the order flow)
     POST /api/orders         the real endpoint, a fresh Idempotency-Key per request
+    POST /bench/orders-no-idempotency   the same view and service without the Idempotency-Key
+                             decorator (not a contender: it splits the cost)
 
 Contenders run interleaved in rounds (so drift on this shared machine hits all alike), each with
 --clients keep-alive connections in threads. Prints requests/s and latency per contender and the
@@ -72,7 +74,15 @@ if __name__ != "__main__":
             authentication_classes = APIView.authentication_classes
             permission_classes = APIView.permission_classes
 
+        from orders.apis import OrderCreateApi
+
+        class OrderCreateWithoutIdempotencyApi(OrderCreateApi):
+            """The real view and service minus the Idempotency-Key decorator: splits the cost."""
+
+            post = OrderCreateApi.post.__wrapped__
+
         return [
+            path("bench/orders-no-idempotency", OrderCreateWithoutIdempotencyApi.as_view()),
             path("bench/plain", PlainInsertApi.as_view()),
             path("bench/plain-auth", PlainInsertAuthApi.as_view()),
             path("", include(project_urlpatterns)),
@@ -180,6 +190,7 @@ def main() -> None:
             "plain": ("/bench/plain", {}, False),
             "plain-auth": ("/bench/plain-auth", {"Authorization": f"Bearer {token}"}, False),
             "orders": ("/api/orders", {"Authorization": f"Bearer {token}"}, True),
+            "orders-nokey": ("/bench/orders-no-idempotency", {"Authorization": f"Bearer {token}"}, False),
         }
 
         def run(
@@ -255,6 +266,9 @@ def main() -> None:
             )
         print(f"orders / plain      = {rates['orders'] / rates['plain']:.2f}x  (target >= 0.6x)")
         print(f"orders / plain-auth = {rates['orders'] / rates['plain-auth']:.2f}x")
+        print(
+            f"orders-nokey / plain = {rates['orders-nokey'] / rates['plain']:.2f}x  (without Idempotency-Key)"
+        )
         print(f"check: {orders} orders, {events} order.created events (one per order: {orders == events})")
     finally:
         server.terminate()
