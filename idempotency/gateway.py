@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponseBase
 
 from common.errors import ApplicationError
@@ -100,8 +101,13 @@ def gateway_idempotency(
         idempotency_fail(claim=outcome)
         response.close()
         raise
-    if idempotency_status_is_final(status=stored.status):
-        idempotency_complete(claim=outcome, response=stored)
-    else:
-        idempotency_fail(claim=outcome)
+    try:
+        if idempotency_status_is_final(status=stored.status):
+            idempotency_complete(claim=outcome, response=stored)
+        else:
+            idempotency_fail(claim=outcome)
+    except DatabaseError:
+        # The upstream has answered: the client gets that answer. The record stays `processing`
+        # (retries get 409 in-progress) until its lock expires and a retry runs again.
+        logger.exception("idempotency: could not record the outcome for key %r", outcome.request.key)
     return response
