@@ -138,3 +138,19 @@ def test_extend_overdue_order_is_refused():
 
     with pytest.raises(services.OrderNotPending):
         services.order_extend_expiration(order_id=order.pk)
+
+
+def test_metrics_count_expired_orders_and_payment_outcomes(django_capture_on_commit_callbacks, client):
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = sample("gatehouse_orders_expired_total", source="sweep")
+    overdue_orders_bulk(3)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.order_expire_due()
+
+    assert sample("gatehouse_orders_expired_total", source="sweep") == before + 3
+    assert b"gatehouse_orders_expired_total" in client.get("/metrics").content

@@ -284,3 +284,21 @@ def test_unsigned_request_cannot_burn_an_idempotency_key(client):
     assert forged.status_code == 401
     assert genuine.status_code == 200
     assert genuine.json()["outcome"] == "paid"
+
+
+def test_payment_outcomes_are_counted(post_payment_event):
+    from prometheus_client import REGISTRY
+
+    def sample(outcome: str) -> float:
+        labels = {"outcome": outcome, "channel": "http"}
+        return REGISTRY.get_sample_value("gatehouse_payment_events_total", labels) or 0.0
+
+    paid, duplicate = sample("paid"), sample("duplicate")
+    order = OrderFactory()
+    body = payment_body(order, event_id="evt-metric")
+
+    post_payment_event(body)
+    post_payment_event(body)
+
+    assert sample("paid") == paid + 1
+    assert sample("duplicate") == duplicate + 1
