@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -25,22 +26,41 @@ class OutboxOutsideTransaction(ApplicationError):
 
 
 _NUDGE_PAUSE_AFTER_FAILURE_SECONDS = 10.0
-_nudges_paused_until = 0.0
+_NUDGE_WINDOW_SECONDS = 0.2
+
+
+class _NudgeState:
+    """Per-process debounce: under load one nudge per window plus one trailing nudge, not one
+    task per committed request (each relay run drains everything committed before it starts)."""
+
+    lock = threading.Lock()
+    paused_until = 0.0  # after a broker failure
+    last_immediate_at = float("-inf")
+    trailing_runs_at = float("-inf")  # when the scheduled trailing nudge will start relaying
 
 
 def _nudge_relay() -> None:
     """Ask a worker to relay now. Never raises: the business transaction has already committed,
     and the beat entry relays the backlog anyway. After a failure nudges pause for a few seconds,
     so a broker outage costs one slow commit callback, not one per request."""
-    global _nudges_paused_until
-    if time.monotonic() < _nudges_paused_until:
-        return
+    now = time.monotonic()
+    with _NudgeState.lock:
+        if now < _NudgeState.paused_until or now <= _NudgeState.trailing_runs_at:
+            return  # paused, or a nudge already scheduled to run after this commit covers it
+        if now - _NudgeState.last_immediate_at >= _NUDGE_WINDOW_SECONDS:
+            countdown = None
+            _NudgeState.last_immediate_at = now
+        else:  # a nudge just went out and may already be running: follow up once, later
+            countdown = _NUDGE_WINDOW_SECONDS
+            _NudgeState.trailing_runs_at = now + _NUDGE_WINDOW_SECONDS
     try:
         from outbox.tasks import outbox_relay
 
-        outbox_relay.apply_async(retry=False, expires=60)
+        outbox_relay.apply_async(retry=False, expires=60, countdown=countdown)
     except Exception as exc:
-        _nudges_paused_until = time.monotonic() + _NUDGE_PAUSE_AFTER_FAILURE_SECONDS
+        with _NudgeState.lock:
+            _NudgeState.paused_until = time.monotonic() + _NUDGE_PAUSE_AFTER_FAILURE_SECONDS
+            _NudgeState.trailing_runs_at = float("-inf")
         logger.warning("outbox relay nudge not sent (the beat entry will relay): %s", exc)
 
 

@@ -107,11 +107,15 @@ def assert_order_per_aggregate(messages: list[Delivered], expected: dict[str, in
 @pytest.fixture(autouse=True)
 def _nudges_enabled():
     """A test that took the Celery broker down must not pause the next test's nudges."""
-    from outbox import services
+    from outbox.services import _NudgeState
 
-    services._nudges_paused_until = 0.0
+    def reset() -> None:
+        _NudgeState.paused_until = 0.0
+        _NudgeState.last_immediate_at = _NudgeState.trailing_runs_at = float("-inf")
+
+    reset()
     yield
-    services._nudges_paused_until = 0.0
+    reset()
 
 
 @pytest.fixture

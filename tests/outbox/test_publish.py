@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from celery import signals
 from django.db import transaction
+from freezegun import freeze_time
 
 from config.celery import app as celery_app
 from outbox.models import OutboxEvent
@@ -58,6 +59,25 @@ def test_commit_keeps_events_in_write_order_and_nudges_the_relay_once(nudges):
     assert [event.id for event in stored] == [first.id, second.id]
     assert first.sequence < second.sequence
     assert stored[0].status == OutboxEvent.Status.PENDING
+
+
+def test_a_burst_of_commits_sends_one_nudge_and_one_trailing_nudge(nudges):
+    def commit(n: int) -> None:
+        with transaction.atomic():
+            outbox_publish(aggregatetype="order", aggregateid=str(n), type="t", payload={})
+
+    with freeze_time("2026-11-22 03:00:00") as clock:
+        # when ten transactions commit within the 0.2 s window
+        for n in range(10):
+            commit(n)
+        # then the relay is asked twice: at once, and once more (delayed) after the burst
+        assert nudges == ["outbox.tasks.outbox_relay"] * 2
+
+        # when a commit comes after the trailing nudge ran, it is nudged at once again
+        clock.tick(1)
+        commit(10)
+        assert len(nudges) == 3
+    assert OutboxEvent.objects.count() == 11
 
 
 def test_business_write_commits_when_the_celery_broker_is_down(caplog, monkeypatch):
