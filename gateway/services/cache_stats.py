@@ -45,18 +45,20 @@ def _child(kind: str, result: str):  # noqa: ANN202  (prometheus child type is p
     return child
 
 
+def _count(kind: str, result: str) -> None:
+    _child(kind, result).inc()  # type: ignore[attr-defined]
+    field = f"{kind}:{result}"
+    with _lock:  # `+=` on a dict entry is not atomic across the server's threads
+        _unflushed[field] += 1
+        _local_totals[field] += 1
+
+
 def cache_hit(kind: str) -> None:
-    _child(kind, "hit").inc()  # type: ignore[attr-defined]
-    field = f"{kind}:hit"
-    _unflushed[field] += 1
-    _local_totals[field] += 1
+    _count(kind, "hit")
 
 
 def cache_miss(kind: str) -> None:
-    _child(kind, "miss").inc()  # type: ignore[attr-defined]
-    field = f"{kind}:miss"
-    _unflushed[field] += 1
-    _local_totals[field] += 1
+    _count(kind, "miss")
 
 
 def cache_stats_flush(*, force: bool = False) -> None:
