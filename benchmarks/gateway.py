@@ -272,6 +272,10 @@ def main() -> None:
             print("nginx not installed: asyncio upstream, no nginx contender")
         wait_http(f"{upstream}/hello")
         env = prepare_project(upstream)
+        from benchmarks.gateway_auth import AuthBench  # token service + RBAC resolver (auth path)
+
+        auth = AuthBench()
+        env = auth.prepare(env, upstream_url=upstream, directory=VAR)
 
         servers = args.servers.split(",")
         ports = {server: free_port() for server in servers}
@@ -281,6 +285,9 @@ def main() -> None:
             base = f"http://127.0.0.1:{ports[server]}"
             wait_http(f"{base}/healthz")
             server_contenders = project_contenders(base, server)
+            # valid RS256 token, JWKS and RBAC cached after warm-up, permission check, proxy
+            auth_name, auth_url = f"gateway full auth path [{server}]", f"{base}/gw/bench-auth/hello"
+            server_contenders.append(Contender(auth_name, auth_url, auth.headers()))
             for contender in server_contenders:
                 warm(contender.url, contender.headers)
             contenders += server_contenders
@@ -322,6 +329,8 @@ def report(contenders: list[Contender], servers: list[str], args: argparse.Names
         revproxy = by_name[f"django-revproxy [{server}]"].rps
         print(f"[{server}] gateway / minimal Django view = {gateway / minimal:.2f}")
         print(f"[{server}] gateway / django-revproxy     = {gateway / revproxy:.2f}")
+        full_auth = by_name[f"gateway full auth path [{server}]"].rps
+        print(f"[{server}] full auth path / gateway no-auth = {full_auth / gateway:.2f} (target >= 0.80)")
         if "nginx proxy" in by_name:
             print(f"[{server}] gateway / nginx proxy         = {gateway / by_name['nginx proxy'].rps:.2f}")
     if len(servers) > 1:
