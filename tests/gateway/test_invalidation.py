@@ -340,3 +340,47 @@ def test_route_edited_in_admin_is_in_effect_on_a_second_server_within_a_second(
     print(f"admin edit → in effect on every worker of a second server process: {shown}")
     assert latency is not None and latency <= 1.0
     assert requests.get(f"{first}/gw/items/1", timeout=5).content == b"new upstream"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_load_routes_reaches_a_running_server_within_a_second(
+    http_server_factory, gateway_process_factory, tmp_path
+):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    old = http_server_factory(lambda request: Reply(200, b"old upstream"))
+    new = http_server_factory(lambda request: Reply(200, b"new upstream"))
+
+    def route_file(target: str) -> str:
+        path = tmp_path / "routes.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "services": [{"name": "items", "targets": [target]}],
+                    "routes": [
+                        {"method": "GET", "path": "/items/**", "backend": "items", "auth_required": False}
+                    ],
+                }
+            )
+        )
+        return str(path)
+
+    call_command("load_routes", route_file(old.url), stdout=io.StringIO())
+    server = gateway_process_factory()
+    for _ in range(3):
+        assert requests.get(f"{server}/gw/items/1", timeout=10).content == b"old upstream"
+
+    call_command("load_routes", route_file(new.url), stdout=io.StringIO())
+    loaded = time.monotonic()
+
+    latency = None
+    while time.monotonic() - loaded < 5:
+        if requests.get(f"{server}/gw/items/1", timeout=5).content == b"new upstream":
+            latency = time.monotonic() - loaded
+            break
+    print(f"load_routes → in effect on a running server: {latency}")
+    assert latency is not None and latency <= 1.0
+    assert all(requests.get(f"{server}/gw/items/1", timeout=5).content == b"new upstream" for _ in range(6))
