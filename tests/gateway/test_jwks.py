@@ -141,3 +141,37 @@ def test_kid_flood_with_redis_down_is_bounded_per_process(token_service, setting
         for _ in range(50):
             _refused(token_service.token(kid=uuid.uuid4().hex))
         assert token_service.fetch_count == 2
+
+
+def test_internal_jwks_rotated_endpoint_refreshes_the_keys(client, token_service, settings):
+    settings.GATEWAY_INTERNAL_TOKEN = "internal-secret"
+    old_token = token_service.token()
+    token_authenticate(authorization=f"Bearer {old_token}")
+    token_service.rotate()
+
+    response = client.post("/internal/jwks/rotated", HTTP_AUTHORIZATION="Bearer internal-secret")
+
+    assert response.status_code == 202
+    assert response.json() == {"event": "jwt.jwks.rotated", "keys": 1}
+    assert token_service.fetch_count == 2
+    assert [key["kid"] for key in cache.get("jwks:public_key")["keys"]] == [token_service.signing_key.kid]
+    _refused(old_token)
+
+
+def test_internal_jwks_rotated_endpoint_with_the_token_service_down_is_503(client, token_service, settings):
+    settings.GATEWAY_INTERNAL_TOKEN = "internal-secret"
+    token_service.jwks_status = 503
+
+    response = client.post("/internal/jwks/rotated", HTTP_AUTHORIZATION="Bearer internal-secret")
+
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+
+
+def test_internal_jwks_rotated_endpoint_needs_the_secret(client, token_service, settings):
+    settings.GATEWAY_INTERNAL_TOKEN = "internal-secret"
+
+    response = client.post("/internal/jwks/rotated", HTTP_AUTHORIZATION=token_service.bearer())
+
+    assert response.status_code == 401
+    assert token_service.fetch_count == 0

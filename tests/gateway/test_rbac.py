@@ -193,3 +193,52 @@ def test_gateway_cache_flush_rbac_makes_every_layer_ask_the_resolver_again(
     request_identity(authorization=bearer, match=_match())
 
     assert rbac_resolver.call_count == 2
+
+
+def test_internal_rbac_updated_endpoint_for_one_user(client, token_service, rbac_resolver, settings):
+    settings.GATEWAY_INTERNAL_TOKEN = "internal-secret"
+    rbac_resolver.set("u-1", "t-1", [])
+    bearer = token_service.bearer(sub="u-1")
+    request_identity(authorization=bearer, match=_match())
+    rbac_resolver.set("u-1", "t-1", ["order.write"])
+
+    response = client.post(
+        "/internal/rbac/updated",
+        {"user_id": "u-1", "tenant_id": "t-1"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION="Bearer internal-secret",
+    )
+
+    assert response.status_code == 202
+    assert response.json() == {"event": "rbac.updated", "deleted": 1}
+    assert "order.write" in request_identity(authorization=bearer, match=_match("order.write")).permissions
+
+
+def test_internal_rbac_updated_endpoint_for_all(client, token_service, rbac_resolver, settings):
+    settings.GATEWAY_INTERNAL_TOKEN = "internal-secret"
+    for user in ("u-1", "u-2"):
+        request_identity(authorization=token_service.bearer(sub=user), match=_match())
+
+    response = client.post(
+        "/internal/rbac/updated", {"all": True}, content_type="application/json",
+        HTTP_AUTHORIZATION="Bearer internal-secret",
+    )  # fmt: skip
+
+    assert response.status_code == 202
+    assert response.json()["deleted"] == 2
+    assert cache.get("rbac:u-1:t-1") is None
+
+
+@pytest.mark.parametrize("body", [{}, {"all": True, "user_id": "u-1"}])
+def test_internal_rbac_updated_endpoint_needs_exactly_one_scope(client, settings, body):
+    settings.GATEWAY_INTERNAL_TOKEN = "internal-secret"
+
+    response = client.post(
+        "/internal/rbac/updated",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION="Bearer internal-secret",
+    )
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
