@@ -23,8 +23,12 @@ from common.local_cache import LocalTTLCache
 logger = logging.getLogger(__name__)
 
 LOCAL_TTL_SECONDS = 300
+# Memory stays bounded: at most LOCAL_MAX_ENTRIES bodies of at most LOCAL_MAX_BODY_BYTES each
+# (80 MB worst case per process); larger bodies are read from Redis or the database.
+LOCAL_MAX_ENTRIES = 5_000
+LOCAL_MAX_BODY_BYTES = 16 * 1024
 REDIS_BACKOFF_SECONDS = 5.0
-_local = LocalTTLCache("idempotency", ttl_seconds=LOCAL_TTL_SECONDS, max_entries=20_000)
+_local = LocalTTLCache("idempotency", ttl_seconds=LOCAL_TTL_SECONDS, max_entries=LOCAL_MAX_ENTRIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ def cached_record_get(*, scope: str, key: str) -> tuple[CachedRecord, str] | Non
         redis_breaker.trip(exc)
         return None
     if isinstance(record, CachedRecord) and record.is_live():
-        _local.set(name, record, ttl_seconds=_local_ttl(record))
+        _local_put(name, record)
         return record, "redis"
     return None
 
@@ -99,7 +103,7 @@ def cached_record_put(*, scope: str, key: str, record: CachedRecord, shared: boo
     name = cache_key(scope=scope, key=key)
     if not record.is_live():
         return
-    _local.set(name, record, ttl_seconds=_local_ttl(record))
+    _local_put(name, record)
     if not shared or not redis_breaker.available():
         return
     seconds = int((record.expires_at - timezone.now()).total_seconds())
@@ -107,6 +111,11 @@ def cached_record_put(*, scope: str, key: str, record: CachedRecord, shared: boo
         cache.set(name, record, timeout=max(seconds, 1))
     except Exception as exc:
         redis_breaker.trip(exc)
+
+
+def _local_put(name: str, record: CachedRecord) -> None:
+    if len(record.response.body) <= LOCAL_MAX_BODY_BYTES:
+        _local.set(name, record, ttl_seconds=_local_ttl(record))
 
 
 def _local_ttl(record: CachedRecord) -> float:

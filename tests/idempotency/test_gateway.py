@@ -293,3 +293,22 @@ def test_concurrent_retries_through_two_gateway_processes_reach_upstream_once(
         else:
             assert response.json()["type"].endswith("/idempotency-in-progress")
     assert upstream.calls == 1
+
+
+def test_large_response_under_the_cap_is_replayed_byte_for_byte(client, http_server_factory):
+    body = bytes(range(256)) * 400  # 100 KiB: above the per-process memory layer's body limit
+    upstream = http_server_factory(
+        lambda request: Reply(201, body, headers=[("Content-Type", "application/octet-stream")])
+    )
+    proxy_route(upstream.url, path="/export", idempotency="required")
+
+    first = _post(client, "/gw/export", "export-big")
+    replays = [_post(client, "/gw/export", "export-big") for _ in range(2)]
+
+    assert first.status_code == 201
+    assert (first.content if not first.streaming else b"".join(first.streaming_content)) == body
+    for replay in replays:
+        assert replay["Idempotent-Replayed"] == "true"
+        assert replay.content == body
+        assert replay["Content-Type"] == "application/octet-stream"
+    assert len(upstream.requests) == 1
