@@ -55,6 +55,7 @@ _REPLACED = frozenset(
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-correlation-id",
+        "expect",  # the server in front of us already answered any 100-continue
         *(name.lower() for name in IDENTITY_HEADERS),
     }
 )
