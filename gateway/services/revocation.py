@@ -9,6 +9,7 @@ second; the 1 s local layer bounds that even when the message is lost.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 
 import requests
@@ -63,7 +64,10 @@ def token_is_revoked(*, jti: str, token: str | None = None, expires_at: float | 
         else:
             revoked = not active
     if cacheable:
-        shared_cache_call(lambda: cache.set(key, "true" if revoked else "false", REVOKED_TTL_SECONDS), None)
+        ttl = REVOKED_TTL_SECONDS
+        if expires_at is not None:  # no point keeping an answer about a token past its expiry
+            ttl = max(1, min(ttl, int(expires_at - time.time()) + 1))
+        shared_cache_call(lambda: cache.set(key, "true" if revoked else "false", ttl), None)
     _remember(jti, revoked)
     return revoked
 
