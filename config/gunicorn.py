@@ -19,6 +19,28 @@ graceful_timeout = 20
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "") or "0.0.0.0/32"
 accesslog = "-" if os.environ.get("ACCESS_LOG", "") == "1" else None
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# The server's own lines are JSON too; an access line carries the correlation id the response
+# was sent with (the request's context is gone by the time gunicorn writes it).
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms correlation_id=%({x-correlation-id}o)s'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "common.logging.JsonFormatter"}},
+    "filters": {"correlation": {"()": "common.logging.CorrelationIdFilter"}},
+    "handlers": {
+        "json": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["correlation"],
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"handlers": ["json"], "level": "WARNING"},  # Django's LOGGING takes over in the app
+    "loggers": {
+        "gunicorn.error": {"handlers": ["json"], "level": loglevel.upper(), "propagate": False},
+        "gunicorn.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+    },
+}
 preload_app = False  # each worker imports the app itself: prometheus multiprocess files per pid
 
 
