@@ -193,7 +193,11 @@ def outbox_publish_select(
     correlation_id = get_correlation_id()
     now = timezone.now()
     given = {
-        "id": "gen_random_uuid()",
+        # Time-ordered (UUIDv7 layout): a million ids appended to the primary key's right edge
+        # instead of scattered over the whole index.
+        "id": "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+        "substring(int8send(floor(extract(epoch from clock_timestamp()) * 1000)::bigint) from 3) "
+        "from 1 for 6), 52, 1), 53, 1), 'hex')::uuid",
         "aggregatetype": "e.aggregatetype",
         "aggregateid": "e.aggregateid",
         "type": "e.type",
