@@ -38,7 +38,13 @@ logconfig_dict = {
     "root": {"handlers": ["json"], "level": "WARNING"},  # Django's LOGGING takes over in the app
     "loggers": {
         "gunicorn.error": {"handlers": ["json"], "level": loglevel.upper(), "propagate": False},
-        "gunicorn.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        # gunicorn writes access lines whenever a logging config is given: the level keeps
+        # them off unless ACCESS_LOG=1 (a line per request is a cost on the hot path).
+        "gunicorn.access": {
+            "handlers": ["json"],
+            "level": "INFO" if accesslog else "WARNING",
+            "propagate": False,
+        },
     },
 }
 preload_app = False  # each worker imports the app itself: prometheus multiprocess files per pid
