@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from django.conf import settings
 
@@ -12,16 +10,6 @@ from tests.support.servers import (  # noqa: F401  (fixtures re-exported for eve
     http_server_factory,
 )
 from tests.support.tokens import rbac_resolver, token_service  # noqa: F401
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Each xdist worker gets its own Redis database so flushing one never touches another.
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker.removeprefix("gw") or 0)
-    base_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
-    prefix, _, db = base_url.rpartition("/")
-    redis_db = (int(db) if db.isdigit() else 1) + index
-    os.environ["REDIS_URL"] = f"{prefix}/{redis_db}"
 
 
 @pytest.fixture(autouse=True)
