@@ -84,6 +84,7 @@ def relay_until_empty(exchange: str, batch_size: int, results) -> None:  # type:
 
     publisher = BrokerPublisher(AMQP_URL, exchange)
     published = failed = 0
+    cpu_start = time.process_time()
     while True:  # drain returns when nothing is claimable: the other relay may hold the rest
         result = outbox_relay_drain(publisher=publisher, batch_size=batch_size)
         published += result.published
@@ -92,9 +93,10 @@ def relay_until_empty(exchange: str, batch_size: int, results) -> None:  # type:
             if not OutboxEvent.objects.filter(status="pending").exists():
                 break
             time.sleep(0.005)  # everything claimable is leased by the other relay
+    cpu = time.process_time() - cpu_start
     publisher.close()
     connection.close()
-    results.put((published, failed))
+    results.put((published, failed, cpu))
 
 
 def run(relays: int, exchange: str, batch_size: int, events: int) -> tuple[float, list]:  # type: ignore[type-arg]
@@ -116,7 +118,7 @@ def run(relays: int, exchange: str, batch_size: int, events: int) -> tuple[float
     for process in processes:
         process.join()
     published = OutboxEvent.objects.filter(status="published").count()
-    if published != events or any(failed for _, failed in outcomes):
+    if published != events or any(failed for _, failed, _ in outcomes):
         raise SystemExit(f"relay incomplete: {published}/{events} published, outcomes {outcomes}")
     return elapsed, outcomes
 
@@ -154,10 +156,12 @@ def main() -> None:
             insert_events(args.events, args.aggregates)
             elapsed, outcomes = run(relays, name, args.batch_size, args.events)
             rates[relays] = args.events / elapsed
-            shares = ", ".join(str(published) for published, _ in outcomes)
+            shares = ", ".join(str(published) for published, _, _ in outcomes)
+            cpu = sum(seconds for _, _, seconds in outcomes)
             print(
                 f"  {relays} relay{'s' if relays > 1 else ' '}: {elapsed:6.2f} s  "
-                f"{rates[relays]:8.0f} events/s  (published per relay: {shares})"
+                f"{rates[relays]:8.0f} events/s  (published per relay: {shares}; relay CPU "
+                f"{cpu:.1f} s = {args.events / cpu:.0f} events per relay-CPU-second)"
             )
             channel.queue_purge(name)
     finally:
