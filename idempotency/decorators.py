@@ -23,12 +23,14 @@ from typing import Any
 from django.db import transaction
 from django.http import HttpResponseBase
 from django.http.request import RawPostDataException
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from idempotency.errors import IdempotencyInProgress, IdempotencyKeyMissing
 from idempotency.services import (
     ANONYMOUS_SCOPE,
+    HEADER,
     META_HEADER,
     RETRY_AFTER_SECONDS,
     Claim,
@@ -68,7 +70,19 @@ def idempotent(handler: Handler | None = None, *, required: bool = True) -> Any:
                 return idempotency_replay_response(stored=outcome.response)
             return _execute(outcome, func, view, request, args, kwargs)
 
-        return wrapper
+        # The header in the OpenAPI schema (/api/schema, /api/docs) of the decorated operation.
+        return extend_schema(
+            parameters=[
+                OpenApiParameter(
+                    HEADER,
+                    type=str,
+                    location=OpenApiParameter.HEADER,
+                    required=required,
+                    description="1–255 printable ASCII characters, bare or quoted. A retry with "
+                    "the same key gets the first response, with `Idempotent-Replayed: true`.",
+                )
+            ]
+        )(wrapper)
 
     return decorate(handler) if handler is not None else decorate
 
