@@ -82,3 +82,19 @@ def test_key_is_optional_where_the_endpoint_says_so(post, executions):
     assert "Idempotent-Replayed" not in second
     assert executions == 2
     assert IdempotencyRecord.objects.count() == 0
+
+
+def test_openapi_schema_documents_the_header(client):
+    import yaml
+
+    schema = yaml.safe_load(client.get("/api/schema").content)
+
+    required = schema["paths"]["/t/things"]["post"]["parameters"]
+    optional = schema["paths"]["/t/optional-things"]["post"]["parameters"]
+    assert {k: required[0][k] for k in ("in", "name", "required")} == {
+        "in": "header",
+        "name": "Idempotency-Key",
+        "required": True,
+    }
+    assert optional[0]["name"] == "Idempotency-Key"
+    assert not optional[0].get("required", False)
