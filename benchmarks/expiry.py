@@ -64,13 +64,16 @@ def main() -> None:
         started = time.monotonic()
         # generate_series: a million rows without a million round trips. Expiration times grow
         # with insertion order, as they do for real orders (created_at + session), so the sweep
-        # walks the table roughly in physical order.
+        # walks the table roughly in physical order; ids are time-ordered like orders.models.uuid7.
         cursor.execute(
             """
             INSERT INTO orders_order (id, user_id, tenant_id, store_id, total_amount, currency,
                                       delivery_address, contact_phone, status, expiration_time,
                                       payment_reference, created_at, updated_at)
-            SELECT gen_random_uuid(), 'user-' || (n %% 5000), 'tenant-' || (n %% 7), gen_random_uuid(),
+            SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
+                       substring(int8send((extract(epoch from now()) * 1000)::bigint - 7200000 + n) from 3)
+                       from 1 for 6), 52, 1), 53, 1), 'hex')::uuid,
+                   'user-' || (n %% 5000), 'tenant-' || (n %% 7), gen_random_uuid(),
                    ((n %% 10000) / 100.0)::numeric(12, 2), 'USD', 'bench street ' || n, '+14155550100',
                    'pending_payment', now() - interval '1 hour' + n * (interval '1 hour' / %s),
                    '', now() - interval '2 hours', now() - interval '2 hours'
