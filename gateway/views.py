@@ -275,7 +275,7 @@ def gateway_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) ->
             )
             response = _internal_error()
         response.headers["X-Correlation-ID"] = correlation_id
-        start_response(f"{response.status_code} {response.reason_phrase}", response.items())
+        start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
         return _WsgiBody(response)
     finally:
         reset_correlation_id(token)

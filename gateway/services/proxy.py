@@ -56,6 +56,7 @@ _REPLACED = frozenset(
         "x-forwarded-host",
         "x-correlation-id",
         "expect",  # the server in front of us already answered any 100-continue
+        "proxy",  # httpoxy: a `Proxy` request header must never reach a CGI-style upstream
         *(name.lower() for name in IDENTITY_HEADERS),
     }
 )
@@ -315,6 +316,9 @@ def proxy_forward(
             last_error = BadGateway(f"{service} closed the connection or sent an invalid response.")
             retryable = retry_after_send
             logger.info("upstream %s failed: %r", target_url, exc)
+        except BaseException:
+            circuit_release_probe(target=target_url)  # a half-open slot must not stay taken
+            raise
         else:
             if response.status not in RETRYABLE_STATUSES:
                 circuit_record_success(target=target_url)
