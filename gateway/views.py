@@ -46,7 +46,7 @@ logger = logging.getLogger("gatehouse.gateway")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"  # PATH_INFO is decoded: a literal % must become %25
 
 
 # --- Responses that keep repeated headers ------------------------------------------------------
