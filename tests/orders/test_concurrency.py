@@ -150,3 +150,26 @@ def test_cancel_racing_payment_has_one_winner():
     else:
         assert (cancelled, payment.outcome) == ("cancelled", "payment_after_cancellation")
         assert event_types(order) == ["order.cancelled", "order.payment_after_cancellation"]
+
+
+def test_same_payment_event_twice_at_once_over_http_on_the_production_server(gateway_process_factory):
+    import requests
+
+    from tests.orders.conftest import payment_body, sign
+
+    order = OrderFactory()
+    url = gateway_process_factory() + "/api/payments/events"
+    body = payment_body(order, event_id="evt-http-twin")
+    headers = {"Content-Type": "application/json", "X-Signature": sign(body)}
+
+    responses = run_together(
+        lambda: requests.post(url, data=body, headers=headers, timeout=10),
+        lambda: requests.post(url, data=body, headers=headers, timeout=10),
+    )
+
+    assert [r.status_code for r in responses] == [200, 200]
+    assert sorted(r.json()["duplicate"] for r in responses) == [False, True]
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PAID
+    assert event_types(order) == ["order.paid"]
+    assert ProcessedEvent.objects.filter(event_id="evt-http-twin").count() == 1
