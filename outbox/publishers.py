@@ -43,6 +43,7 @@ class RelayEvent:
     headers: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     attempts: int = 0
+    ctid: str | None = None  # PostgreSQL row version leased by the claim (a fast path to mark it)
 
     def body(self) -> bytes:
         """The JSON envelope consumers receive (the same for the broker and the webhook):

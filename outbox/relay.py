@@ -166,17 +166,27 @@ RETURNING {columns}
 # The UPDATEs find the locked rows by ctid (a TID scan straight to the heap tuple) rather than
 # by id: with the table's update churn the pkey lookup of 500 ids cost more than the claim.
 # Safe: the row lock taken in the CTE keeps that tuple version in place until the statement ends.
-_RETURNING = ", ".join(f"o.{column}" for column in _COLUMNS)
+_RETURNING = ", ".join(f"o.{column}" for column in _COLUMNS) + ", o.ctid::text"
 
 
 def _row_to_event(row: tuple) -> RelayEvent:  # type: ignore[type-arg]
-    event_id, sequence, aggregatetype, aggregateid, type_, payload, headers, created_at, attempts = row
+    event_id, sequence, aggregatetype, aggregateid, type_, payload, headers, created_at, attempts = row[:9]
+    ctid = row[9] if len(row) > 9 else None
     if not isinstance(payload, str):  # ORM path: decoded JSON; raw PostgreSQL path: JSON text
         payload = json.dumps(payload, separators=(",", ":"))
     if isinstance(headers, str):
         headers = json.loads(headers)
     return RelayEvent(
-        event_id, sequence, aggregatetype, aggregateid, type_, payload, headers or {}, created_at, attempts
+        event_id,
+        sequence,
+        aggregatetype,
+        aggregateid,
+        type_,
+        payload,
+        headers or {},
+        created_at,
+        attempts,
+        ctid,
     )
 
 
@@ -285,14 +295,32 @@ def _update_pending(ids: list[UUID], **values: object) -> int:
     return updated
 
 
-def outbox_mark_published(*, ids: list[UUID]) -> int:
-    """Confirmed by the publisher: published (also if the lease expired meanwhile: it was sent)."""
-    return _update_pending(
-        ids,
-        status=OutboxEvent.Status.PUBLISHED,
-        published_at=timezone.now(),
-        locked_until=None,
-    )
+_MARK_BY_CTID_SQL = """
+UPDATE outbox_event SET status = 'published', published_at = %(now)s, locked_until = NULL
+WHERE ctid = ANY(%(ctids)s::tid[]) AND id = ANY(%(ids)s::uuid[]) AND status = 'pending'
+RETURNING id
+"""
+
+
+def outbox_mark_published(*, ids: list[UUID], ctids: list[str | None] | None = None) -> int:
+    """Confirmed by the publisher: published (also if the lease expired meanwhile: it was sent).
+
+    On PostgreSQL the row versions the claim returned are marked by ctid (a TID scan; `id` is
+    re-checked); rows updated since then (a lapsed lease) fall back to the lookup by id."""
+    now = timezone.now()
+    marked = 0
+    remaining = ids
+    if ctids and connection.vendor == "postgresql" and all(ctids):
+        with connection.cursor() as cursor:
+            cursor.execute(_MARK_BY_CTID_SQL, {"now": now, "ctids": ctids, "ids": ids})
+            done = {row[0] for row in cursor.fetchall()}
+        marked = len(done)
+        remaining = [event_id for event_id in ids if event_id not in done]
+    if remaining:
+        marked += _update_pending(
+            remaining, status=OutboxEvent.Status.PUBLISHED, published_at=now, locked_until=None
+        )
+    return marked
 
 
 def outbox_mark_failed(*, failures: Failures, events: dict[UUID, RelayEvent]) -> int:
@@ -397,7 +425,10 @@ def _relay_round(
     if hooks and hooks.after_publish:
         hooks.after_publish(confirmed)
     if confirmed:
-        result.published = outbox_mark_published(ids=confirmed)
+        ctid_of = {event.id: event.ctid for event in events}
+        result.published = outbox_mark_published(
+            ids=confirmed, ctids=[ctid_of[event_id] for event_id in confirmed]
+        )
         metrics.published_total.inc(len(confirmed))
     if failures:
         result.failed = len(failures)

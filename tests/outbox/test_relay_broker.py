@@ -208,3 +208,24 @@ def test_a_broker_connection_dropped_while_idle_costs_no_attempt(broker):
     assert (result.published, result.failed) == (3, 0)
     assert len({m.message_id for m in broker.collect(at_least=4)}) == 4
     assert OutboxEvent.objects.filter(attempts__gt=0).count() == 0
+
+
+def test_marking_after_the_rows_moved_still_marks_every_confirmed_event():
+    from outbox.relay import outbox_claim, outbox_mark_published
+
+    # given a claimed batch whose rows were updated since (a second relay re-leased them after
+    # this one's lease lapsed), so the row versions the claim saw are gone
+    publish_events(count=6, aggregates=3)
+    claimed = outbox_claim(batch_size=10)
+    assert len(claimed) == 6 and all(event.ctid for event in claimed)
+    moved = claimed[:4]
+    OutboxEvent.objects.filter(id__in=[event.id for event in moved]).update(locked_until=timezone.now())
+
+    # when the first relay marks what its broker confirmed
+    marked = outbox_mark_published(
+        ids=[event.id for event in claimed], ctids=[event.ctid for event in claimed]
+    )
+
+    # then all six are published, whichever way each row was found
+    assert marked == 6
+    assert OutboxEvent.objects.filter(status="published").count() == 6
