@@ -254,6 +254,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="each contender is measured this often")
     parser.add_argument("--servers", default="gunicorn,granian", help="first = production server")
+    parser.add_argument(
+        "--no-django-stack", action="store_true", help="skip the gateway-behind-full-Django contender"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install -y wrk)")
@@ -291,6 +294,22 @@ def main() -> None:
             for contender in server_contenders:
                 warm(contender.url, contender.headers)
             contenders += server_contenders
+
+        if not args.no_django_stack:
+            # The same gateway view behind Django's URL resolver and middleware, under the
+            # production server: what the lean `/gw` WSGI entrance (config/wsgi.py) is worth.
+            port = free_port()
+            command = [
+                "benchmarks.wsgi_plain:application" if part == "config.wsgi:application" else part
+                for part in server_commands(port)[servers[0]]
+            ]
+            processes.append(subprocess.Popen(command, env=env, cwd=ROOT))
+            stack = Contender(
+                f"gateway via full Django stack [{servers[0]}]", f"http://127.0.0.1:{port}/gw/bench/hello"
+            )
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            warm(stack.url, stack.headers)
+            contenders.append(stack)
 
         for round_number in range(args.rounds):  # interleaved: background load hits everyone alike
             for contender in contenders:
@@ -333,6 +352,10 @@ def report(contenders: list[Contender], servers: list[str], args: argparse.Names
         print(f"[{server}] full auth path / gateway no-auth = {full_auth / gateway:.2f} (target >= 0.80)")
         if "nginx proxy" in by_name:
             print(f"[{server}] gateway / nginx proxy         = {gateway / by_name['nginx proxy'].rps:.2f}")
+    stack = by_name.get(f"gateway via full Django stack [{servers[0]}]")
+    if stack is not None:
+        lean = by_name[f"gateway [{servers[0]}]"].rps
+        print(f"[{servers[0]}] lean /gw entrance / gateway via full Django stack = {lean / stack.rps:.2f}")
     if len(servers) > 1:
         fastest = max(servers, key=lambda s: by_name[f"gateway [{s}]"].rps)
         print(f"\nfastest server for the gateway workload: {fastest}")
