@@ -363,3 +363,11 @@ def publisher_from_settings() -> Publisher:
         raise ValueError(f"unknown OUTBOX_PUBLISHER {kind!r} (log, broker or webhook)")
     _cached = (key, publisher)
     return publisher
+
+
+def close_cached_publisher() -> None:
+    """Close the per-process publisher (tests, or after changing the OUTBOX_* settings)."""
+    global _cached
+    if _cached is not None:
+        _cached[1].close()
+        _cached = None

@@ -121,7 +121,7 @@ def _nudges_enabled():
 @pytest.fixture
 def broker(settings):
     """Point the broker publisher at a fresh exchange of the real RabbitMQ, with a bound queue."""
-    from outbox import publishers
+    from outbox.publishers import close_cached_publisher
 
     name = f"test-outbox-{uuid.uuid4().hex[:12]}"
     queue = BrokerQueue(exchange=name, queue=f"{name}-q")
@@ -129,9 +129,7 @@ def broker(settings):
     settings.OUTBOX_BROKER_URL = RABBIT_URL
     settings.OUTBOX_EXCHANGE = name
     yield queue
-    if publishers._cached is not None:
-        publishers._cached[1].close()
-        publishers._cached = None
+    close_cached_publisher()
     queue.close()
 
 

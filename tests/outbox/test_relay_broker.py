@@ -180,10 +180,9 @@ def test_broker_publisher_works_over_redis_too(settings):
         try:
             assert outbox_relay_drain().published == 1
         finally:
-            from outbox import publishers
+            from outbox.publishers import close_cached_publisher
 
-            publishers._cached[1].close()
-            publishers._cached = None
+            close_cached_publisher()
 
         # then
         message = queue(consumer_connection.default_channel).get(no_ack=True)

@@ -36,11 +36,9 @@ def webhook(settings, http_server_factory):
     settings.OUTBOX_WEBHOOK_URL = f"{server.url}/hooks/events"
     settings.OUTBOX_WEBHOOK_SECRET = "s3cret"
     yield server
-    from outbox import publishers
+    from outbox.publishers import close_cached_publisher
 
-    if publishers._cached is not None:
-        publishers._cached[1].close()
-        publishers._cached = None
+    close_cached_publisher()
 
 
 def delivered(server) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -175,7 +173,6 @@ def test_a_slow_receiver_never_outlives_the_lease(settings, http_server_factory)
     assert (result.claimed, result.published, result.released) == (3, 1, 2)
     rest = OutboxEvent.objects.filter(status="pending")
     assert [(event.attempts, event.locked_until) for event in rest] == [(0, None), (0, None)]
-    from outbox import publishers
+    from outbox.publishers import close_cached_publisher
 
-    publishers._cached[1].close()
-    publishers._cached = None
+    close_cached_publisher()

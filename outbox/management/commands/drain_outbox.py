@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -24,7 +25,7 @@ class Command(BaseCommand):
             help="seconds to wait when idle in --loop (default OUTBOX_RELAY_INTERVAL_SECONDS)",
         )
         # Fault injection for the crash tests: print a marker and stall at that point.
-        parser.add_argument("--pause-after", choices=["claim", "publish"], help=argparse_hidden())
+        parser.add_argument("--pause-after", choices=["claim", "publish"], help=argparse.SUPPRESS)
 
     def handle(self, *args: object, **options: object) -> None:
         hooks = _pause_hooks(options.get("pause_after"))  # type: ignore[arg-type]
@@ -54,12 +55,6 @@ class Command(BaseCommand):
             f"failed {batch.failed}, dead {batch.dead} (total published {total.published})"
         )
         self.stdout.flush()
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _pause_hooks(point: str | None) -> RelayHooks | None:
