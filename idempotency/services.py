@@ -185,7 +185,7 @@ def _async_commit() -> bool:
     can lose the write, which at worst lets one retry execute again. The setting is scoped to the
     one statement's transaction (`set_config(..., true)`), never the session. Inside a caller's
     transaction (the DRF decorator's completion) it is never used: that commit carries the
-    handler's work and stays durable. IDEMPOTENCY_DURABLE_COMMIT = true turns it off.
+    handler's work and stays durable. Only used when IDEMPOTENCY_DURABLE_COMMIT = false.
     """
     return (
         connection.vendor == "postgresql"

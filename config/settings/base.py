@@ -170,9 +170,9 @@ IDEMPOTENCY_LOCK_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_LOCK_TIMEOUT_SECONDS", d
 IDEMPOTENCY_MISMATCH_STATUS = env.int("IDEMPOTENCY_MISMATCH_STATUS", default=409)
 # Largest response body kept for replay; a larger one is streamed through, never re-executed.
 IDEMPOTENCY_MAX_RESPONSE_BYTES = env.int("IDEMPOTENCY_MAX_RESPONSE_BYTES", default=1024 * 1024)
-# Record-only writes (the claim, the gateway completion) commit without waiting for the WAL
-# flush unless true; a handler's own transaction is always durable (docs/idempotency.md).
-IDEMPOTENCY_DURABLE_COMMIT = env.bool("IDEMPOTENCY_DURABLE_COMMIT", default=False)
+# Durable by default: a claim lost in a database crash would let a retry execute twice.
+# false lets record-only writes skip the WAL flush wait (docs/idempotency.md).
+IDEMPOTENCY_DURABLE_COMMIT = env.bool("IDEMPOTENCY_DURABLE_COMMIT", default=True)
 
 # --- Orders ---------------------------------------------------------------------------------
 ORDER_SESSION_DURATION_MINUTES = env.int("ORDER_SESSION_DURATION_MINUTES", default=15)

@@ -15,7 +15,13 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     # kombu's filesystem transport fails on a missing folder; any process may enqueue first.
     os.makedirs(_broker_dir, exist_ok=True)
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {"data_folder_in": _broker_dir, "data_folder_out": _broker_dir, "processed_folder": _broker_dir}
+    {
+        "data_folder_in": _broker_dir,
+        "data_folder_out": _broker_dir,
+        "processed_folder": _broker_dir,
+        # Exchange tables; kombu's default is a folder named "control" in the working directory.
+        "control_folder": f"{_broker_dir}/control",
+    }
     if CELERY_BROKER_URL.startswith("filesystem")
     # Redis: an unacked (acks_late) message is redelivered after visibility_timeout; it must
     # exceed the hard time limit so a task still running is never handed to a second worker.
