@@ -200,8 +200,10 @@ def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> Http
     route = match.route
     route_label[0] = route.path
     body = _read_body(request)
-    identity = request_identity(authorization=meta.get("HTTP_AUTHORIZATION"), match=match)
     query_string = meta.get("QUERY_STRING", "")
+    identity = request_identity(
+        authorization=meta.get("HTTP_AUTHORIZATION"), match=match, query_string=query_string
+    )
     use_cache = response_cache_applies(route=route, method=method)
     if use_cache:
         cached = response_cache_get(

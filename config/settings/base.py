@@ -76,11 +76,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Cache ----------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", default="")
 if REDIS_URL:
-    # Imported here, in the main thread, before any app starts its background thread (the
-    # invalidation listener imports redis too): two threads importing redis for the first time
-    # at once deadlock (seen in celery beat with a Redis broker).
-    import redis  # noqa: F401
-
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",

@@ -25,9 +25,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+# Imported here, never first inside the listener thread: two threads importing redis for the
+# first time at once can deadlock (seen in celery beat with a Redis broker).
+import redis
 from django.conf import settings
 from django.db import transaction
 
+from gateway.services.cache_stats import cache_stats_flush
 from gateway.services.shared_cache import redis_db_number, shared_cache_is_redis
 
 logger = logging.getLogger("gatehouse.invalidation")
@@ -120,10 +124,6 @@ def invalidation_listener_ensure() -> None:
 
 
 def _listen_forever() -> None:
-    import redis
-
-    from gateway.services.cache_stats import cache_stats_flush
-
     pid = os.getpid()
     backoff = 0.1
     announced_down = False

@@ -165,6 +165,23 @@ def test_condition_on_a_path_parameter(client, token_service, secured):
     assert len(secured.requests) == 1
 
 
+def test_condition_on_a_query_parameter(client, token_service, upstream):
+    proxy_route(
+        upstream.url,
+        path="/reports",
+        methods=("GET",),
+        auth_required=True,
+        condition={"tenant": "{{X-Tenant-ID}}"},
+    )
+    headers = token_service.auth_header(sub="u-1", tenant_id="acme", permissions=[])
+
+    own = client.get("/gw/reports?tenant=acme&page=2", **headers)
+    other = client.get("/gw/reports?tenant=globex", **headers)
+
+    assert (own.status_code, other.status_code) == (200, 403)
+    assert [request.path for request in upstream.requests] == ["/reports?tenant=acme&page=2"]
+
+
 # --- several server processes -------------------------------------------------------------------
 
 
