@@ -6,6 +6,8 @@ Authenticated with the shared secret `GATEWAY_INTERNAL_TOKEN` (`Authorization: B
 from __future__ import annotations
 
 from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -36,6 +38,7 @@ class RevocationCreateApi(_InternalAPIView):
         jti = serializers.CharField()
         expires_at = serializers.DateTimeField()
 
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request) -> Response:
         from gateway.services.revocation import token_revoke
 
@@ -51,6 +54,7 @@ class RevocationCreateApi(_InternalAPIView):
 class JwksRotatedApi(_InternalAPIView):
     """`jwt.jwks.rotated`: refetch the key set now and have every instance use it."""
 
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
     def post(self, request: Request) -> Response:
         from gateway.services.jwks import JwksUnavailable, jwks_refresh
 
@@ -74,6 +78,7 @@ class RbacUpdatedApi(_InternalAPIView):
                 raise serializers.ValidationError("Give user_id (and tenant_id), or all: true.")
             return attrs
 
+    @extend_schema(request=InputSerializer, responses={202: OpenApiTypes.OBJECT})
     def post(self, request: Request) -> Response:
         from gateway.services.rbac import rbac_invalidate
 
