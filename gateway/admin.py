@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from gateway.models import HTTP_METHODS, Route, Service, ServiceTarget
+from gateway.models import HTTP_METHODS, RevokedToken, Route, Service, ServiceTarget
 from gateway.services.response_cache import response_cache_invalidate
 from gateway.services.routes import (
     route_delete,
@@ -201,3 +201,19 @@ class RouteAdmin(admin.ModelAdmin):
         for route_id in queryset.values_list("pk", flat=True):
             response_cache_invalidate(route_id=route_id)
         self.message_user(request, "Cached responses flushed.", messages.SUCCESS)
+
+
+@admin.register(RevokedToken)
+class RevokedTokenAdmin(admin.ModelAdmin):
+    """Revocations are made by `revoke_token` or the token service; admin shows and searches them."""
+
+    list_display = ("jti", "expires_at", "created_at")
+    search_fields = ("jti",)
+    date_hierarchy = "created_at"
+    readonly_fields = ("jti", "expires_at", "created_at")
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False

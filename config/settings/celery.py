@@ -83,6 +83,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(minutes=10),
         "options": {"expires": 500},
     },
+    "gateway-purge-revoked-tokens": {
+        "task": "gateway.tasks.revoked_tokens_purge",
+        "schedule": timedelta(hours=1),
+        "options": {"expires": 3000},
+    },
     "orders-purge-processed-events": {
         "task": "orders.tasks.processed_events_purge",
         "schedule": timedelta(hours=6),

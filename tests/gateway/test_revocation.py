@@ -230,3 +230,17 @@ def test_revoke_command_needs_a_jti():
 
     with pytest.raises(CommandError):
         call_command("revoke_token")
+
+
+def test_hourly_purge_task_deletes_expired_revocations():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gateway.tasks import revoked_tokens_purge_task
+
+    RevokedToken.objects.create(jti="old", expires_at=timezone.now() - timedelta(seconds=1))
+    RevokedToken.objects.create(jti="live", expires_at=timezone.now() + timedelta(hours=1))
+
+    assert revoked_tokens_purge_task.apply().get() == 1
+    assert list(RevokedToken.objects.values_list("jti", flat=True)) == ["live"]

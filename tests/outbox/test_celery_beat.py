@@ -92,3 +92,12 @@ def test_only_the_leading_beat_sends_due_tasks(redis_url):
 
     assert [beat.is_leader for beat in beats] == [True, False]
     assert sent == ["outbox.tasks.outbox_relay"]
+
+
+def test_every_beat_entry_names_a_registered_task_and_expires_before_its_next_tick():
+    celery_app.loader.import_default_modules()  # what a worker does at start: autodiscovery
+
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        assert entry["task"] in celery_app.tasks, name
+        interval = entry["schedule"].total_seconds()
+        assert 0 < entry["options"]["expires"] < interval, name
