@@ -180,7 +180,7 @@ def gateway_process_factory():
         process = subprocess.Popen(server_command(port), cwd=ROOT, env=env)
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"server process exited with {process.returncode}")
@@ -189,7 +189,7 @@ def gateway_process_factory():
                     return url
             except requests.RequestException:
                 time.sleep(0.1)
-        raise RuntimeError("server process did not become healthy in 30 s")
+        raise RuntimeError("server process did not become healthy in 60 s")
 
     yield start
     for process in processes:
