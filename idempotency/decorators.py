@@ -10,7 +10,9 @@ The key is claimed in its own committed statement before the handler runs; the h
 inside `transaction.atomic()` together with the record's completion, so the handler's writes
 (order + outbox event) and the stored response commit or roll back as one. A crash before that
 commit leaves nothing but a `processing` record, which a retry takes over after
-IDEMPOTENCY_LOCK_TIMEOUT_SECONDS and executes again — safely, since nothing was committed.
+IDEMPOTENCY_LOCK_TIMEOUT_SECONDS and executes again — safely, since nothing was committed. An
+answer that releases the key (5xx, 408, 425, 429, 401, 403), returned or raised, rolls the
+handler's writes back for the same reason: the retry it invites is the only execution that commits.
 """
 
 from __future__ import annotations
@@ -94,9 +96,13 @@ def _execute(
         with transaction.atomic():
             response = _rendered(view, request, func(view, request, *args, **kwargs), args, kwargs)
             response, stored = idempotency_response_capture(response=response)
-            if idempotency_status_is_final(status=stored.status):
-                if not idempotency_complete(claim=claim, response=stored):
-                    raise _ClaimLost
+            if not idempotency_status_is_final(status=stored.status):
+                # A "try again" answer returned rather than raised: undo the handler's writes as
+                # a raised error would, or the retry it invites commits them a second time.
+                transaction.set_rollback(True)
+            elif not idempotency_complete(claim=claim, response=stored):
+                raise _ClaimLost
+            else:
                 return response
     except _ClaimLost:
         # Whoever took the key over runs (or ran) the request; ours left no trace.
@@ -110,17 +116,21 @@ def _execute(
             idempotency_fail(claim=claim)
             raise
         return _settle(claim, response)
-    # A non-final status returned without raising (5xx, 408, 429…): the key is released.
+    # A non-final status returned without raising (5xx, 408, 429…), its work rolled back: the key
+    # is released only now, outside the rolled-back transaction.
     idempotency_fail(claim=claim)
     return response
 
 
 def _settle(claim: Claim, response: HttpResponseBase) -> HttpResponseBase:
+    """Record the answer to a handler that raised (its transaction is already rolled back)."""
     response, stored = idempotency_response_capture(response=response)
-    if not idempotency_status_is_final(status=stored.status) or not idempotency_complete(
-        claim=claim, response=stored
-    ):
+    if not idempotency_status_is_final(status=stored.status):
         idempotency_fail(claim=claim)
+    elif not idempotency_complete(claim=claim, response=stored):
+        # Taken over while the handler ran: the new owner's outcome is what retries will get, so
+        # this stale answer must not reach the client either — the same 409 as the success path.
+        raise IdempotencyInProgress(retry_after=RETRY_AFTER_SECONDS) from None
     return response
 
 

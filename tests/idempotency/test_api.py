@@ -175,7 +175,7 @@ def test_a_crash_500_is_not_stored_and_a_retry_runs_again(post, executions, alic
     assert IdempotencyRecord.objects.get().status == IdempotencyRecord.Status.COMPLETED
 
 
-@pytest.mark.parametrize("status", [500, 503, 408, 429])
+@pytest.mark.parametrize("status", [500, 503, 408, 425, 429, 401, 403])
 def test_returned_transient_statuses_release_the_key(post, executions, alice, status):
     executions.fail_next()
     body = {**BODY, "fail": str(status)}
@@ -187,6 +187,27 @@ def test_returned_transient_statuses_release_the_key(post, executions, alice, st
     assert second.status_code == 201
     assert "Idempotent-Replayed" not in second
     assert executions == 2
+    # the released attempt's writes were rolled back: one committed execution for the key
+    assert OutboxEvent.objects.filter(aggregatetype=AGGREGATE).count() == 1
+    assert IdempotencyRecord.objects.get().status == IdempotencyRecord.Status.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_returned_503_is_rolled_back_by_the_real_commit_too(post, executions):
+    # The decorator's atomic block is the outermost transaction here (no test-wrapping one).
+    executions.fail_next()
+    body = {**BODY, "fail": "503"}
+
+    first = post(PUBLIC, body, key="k-503-tx")
+    events_after_first = OutboxEvent.objects.filter(aggregatetype=AGGREGATE).count()
+    second = post(PUBLIC, body, key="k-503-tx")
+
+    assert first.status_code == 503
+    assert events_after_first == 0
+    assert second.status_code == 201
+    assert executions == 2
+    assert OutboxEvent.objects.filter(aggregatetype=AGGREGATE).count() == 1
+    assert IdempotencyRecord.objects.get().status == IdempotencyRecord.Status.COMPLETED
 
 
 def test_same_key_while_processing_is_409_in_progress_with_retry_after(post, executions, alice):
@@ -290,6 +311,21 @@ def test_claim_taken_over_mid_handler_rolls_the_handler_back(post, executions):
     # the handler's outbox event did not commit: the new owner's execution is the only one
     assert not OutboxEvent.objects.filter(aggregatetype=AGGREGATE).exists()
     assert IdempotencyRecord.objects.get().status == IdempotencyRecord.Status.PROCESSING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_taken_over_before_a_raised_error_is_409_in_progress_not_the_stale_error(post, executions):
+    response = post(PUBLIC, {**BODY, "fail": "steal-then-invalid"}, key="k-steal-400")
+
+    assert response.status_code == 409
+    assert response.json()["type"].endswith("/idempotency-in-progress")
+    assert int(response["Retry-After"]) >= 1
+    assert executions == 1
+    assert not OutboxEvent.objects.filter(aggregatetype=AGGREGATE).exists()
+    # the new owner's record is untouched: neither completed with our 400 nor released
+    record = IdempotencyRecord.objects.get()
+    assert record.status == IdempotencyRecord.Status.PROCESSING
+    assert record.response_status is None
 
 
 def test_metrics_count_records_replays_conflicts_and_in_progress(post, client):

@@ -8,11 +8,13 @@ still count.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
 import redis
 from django.conf import settings
+from django.db import connection
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -45,6 +47,11 @@ def _handle(request) -> Response:
         IdempotencyRecord.objects.filter(key=request.headers["Idempotency-Key"]).update(
             lock_token=uuid.uuid4()
         )
+    if data["fail"] == "steal-then-invalid":
+        # The same, committed on another connection so that the rollback of this handler's raise
+        # cannot undo it (needs a test with real transactions); then a storable 400 is raised.
+        _take_over_committed(request.headers["Idempotency-Key"])
+        raise serializers.ValidationError({"name": ["Rejected after the key was taken over."]})
     if data["fail"] != "steal" and client.decr(FAIL_KEY) >= 0:
         if data["fail"] == "raise":
             raise RuntimeError("simulated crash")
@@ -61,6 +68,18 @@ def _handle(request) -> Response:
         status=201,
         headers={"Location": f"/t/things/{number}"},
     )
+
+
+def _take_over_committed(key: str) -> None:
+    def take_over() -> None:
+        try:
+            IdempotencyRecord.objects.filter(key=key).update(lock_token=uuid.uuid4())
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=take_over)
+    thread.start()
+    thread.join()
 
 
 class ThingInput(serializers.Serializer):
