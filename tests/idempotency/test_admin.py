@@ -6,6 +6,8 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from idempotency.models import IdempotencyRecord
@@ -62,3 +64,23 @@ def test_records_cannot_be_added_changed_or_deleted(staff_client):
     assert staff_client.post(f"{base}{record.pk}/change/", {"key": "changed"}).status_code == 403
     assert staff_client.post(f"{base}{record.pk}/delete/", {"post": "yes"}).status_code == 403
     assert IdempotencyRecord.objects.get(pk=record.pk).key == "gamma-key"
+
+
+def test_changelist_lists_newest_first_without_sorting_or_scanning_created_at(staff_client):
+    # created_at has no index: ordering by it sorts the whole table, and a date hierarchy on it
+    # runs MIN/MAX and DISTINCT date_trunc over every row, on each page view of a large table.
+    _record("older-key", "completed")
+    _record("newer-key", "completed")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.get("/admin/idempotency/idempotencyrecord/")
+
+    on_records = [
+        query["sql"] for query in queries.captured_queries if '"idempotency_record"' in query["sql"]
+    ]
+    (page,) = [sql for sql in on_records if '"idempotency_record"."key"' in sql]
+    assert 'ORDER BY "idempotency_record"."id" DESC' in page
+    assert '"created_at"' not in page.split(" FROM ", 1)[1]  # only displayed, never sorted on
+    assert not [sql for sql in on_records if sql != page and '"created_at"' in sql]
+    content = response.content.decode()
+    assert content.index("newer-key") < content.index("older-key")
