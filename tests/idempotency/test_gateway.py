@@ -6,11 +6,15 @@ import itertools
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import requests
+from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from idempotency.models import IdempotencyRecord
+from idempotency.services import idempotency_request_hash
 from tests.gateway.proxy_support import proxy_route
 from tests.support.servers import Reply
 
@@ -312,3 +316,88 @@ def test_large_response_under_the_cap_is_replayed_byte_for_byte(client, http_ser
         assert replay.content == body
         assert replay["Content-Type"] == "application/octet-stream"
     assert len(upstream.requests) == 1
+
+
+def _held_by_a_running_request(key: str, path: str = "/register", body: bytes = BODY) -> None:
+    """The record a request still running on another gateway process holds (no metrics counted)."""
+    now = timezone.now()
+    IdempotencyRecord.objects.create(
+        scope="anonymous",
+        key=key,
+        method="POST",
+        path=path,
+        request_hash=idempotency_request_hash(method="POST", path=path, query=b"", body=body),
+        status=IdempotencyRecord.Status.PROCESSING,
+        locked_at=now,
+        locked_until=now + timedelta(seconds=60),
+        created_at=now,
+        expires_at=now + timedelta(hours=24),
+    )
+
+
+def test_same_key_while_processing_on_gateway_is_409_in_progress_with_retry_after(
+    client, http_server_factory
+):
+    upstream = CountingUpstream(http_server_factory)
+    proxy_route(upstream.url, path="/register", idempotency="required")
+    _held_by_a_running_request("signup-busy")
+
+    response = _post(client, "/gw/register", "signup-busy")
+
+    assert response.status_code == 409
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/idempotency-in-progress")
+    assert int(response["Retry-After"]) >= 1
+    assert upstream.calls == 0
+    assert IdempotencyRecord.objects.get().status == IdempotencyRecord.Status.PROCESSING
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _counters(entry: str) -> dict[str, float]:
+    return {
+        "new": _sample("idempotency_records_created_total", entry=entry, kind="new"),
+        "takeover": _sample("idempotency_records_created_total", entry=entry, kind="takeover"),
+        "failed": _sample("idempotency_outcomes_total", entry=entry, outcome="failed"),
+        "completed": _sample("idempotency_outcomes_total", entry=entry, outcome="completed"),
+        "replays": sum(
+            _sample("idempotency_replays_total", entry=entry, source=source)
+            for source in ("local", "redis", "database")
+        ),
+        "conflicts": _sample("idempotency_conflicts_total", entry=entry),
+        "in_progress": _sample("idempotency_in_progress_total", entry=entry),
+    }
+
+
+def test_metrics_are_labelled_with_the_gateway_entry(client, http_server_factory):
+    # given
+    upstream = CountingUpstream(http_server_factory)
+    upstream.failures = [503]
+    proxy_route(upstream.url, path="/register", idempotency="required", retry_count=0)
+    _held_by_a_running_request("m-busy")
+    gateway_before, api_before = _counters("gateway"), _counters("api")
+
+    # when
+    assert _post(client, "/gw/register", "m-1").status_code == 503  # new, failed
+    assert _post(client, "/gw/register", "m-1").status_code == 201  # takeover, completed
+    assert _post(client, "/gw/register", "m-1")["Idempotent-Replayed"] == "true"
+    assert _post(client, "/gw/register", "m-1", body=b'{"email": "bob@example.com"}').status_code == 409
+    assert _post(client, "/gw/register", "m-busy").status_code == 409
+
+    # then
+    gateway_after = _counters("gateway")
+    assert {name: gateway_after[name] - gateway_before[name] for name in gateway_after} == {
+        "new": 1,
+        "takeover": 1,
+        "failed": 1,
+        "completed": 1,
+        "replays": 1,
+        "conflicts": 1,
+        "in_progress": 1,
+    }
+    assert _counters("api") == api_before
+    exposed = client.get("/metrics").content.decode()
+    assert 'idempotency_records_created_total{entry="gateway",kind="new"}' in exposed
+    assert 'idempotency_in_progress_total{entry="gateway"}' in exposed

@@ -57,6 +57,10 @@ def test_concurrent_order_retries_create_one_order_and_one_event(gateway_process
 
     created = [r for r in responses if r.status_code == 201]
     assert {r.status_code for r in responses} <= {201, 409}, [r.status_code for r in responses]
+    for response in responses:
+        if response.status_code == 409:  # a retry that arrived while the first still ran
+            assert response.json()["type"].endswith("/idempotency-in-progress"), response.content
+            assert int(response.headers["Retry-After"]) >= 1
     assert len({r.content for r in created}) == 1
     assert retry.status_code == 201
     assert retry.headers["Idempotent-Replayed"] == "true"

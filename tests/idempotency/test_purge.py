@@ -97,3 +97,31 @@ def test_beat_task_purges_records_past_the_ttl(now, settings):
 
     assert deleted == 1
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["created-now"]
+
+
+@pytest.mark.urls("tests.idempotency.urls")
+def test_ttl_setting_sets_retention_for_records_created_through_the_api(now, settings, post, executions):
+    # given records created through the API with a 2 h retention
+    current, clock = now
+    settings.IDEMPOTENCY_TTL_HOURS = 2
+    first = post("/t/public-things", {"name": "widget"}, key="ttl-reused")
+    post("/t/public-things", {"name": "widget"}, key="ttl-idle")
+
+    assert IdempotencyRecord.objects.get(key="ttl-reused").expires_at == current + timedelta(hours=2)
+    clock.tick(timedelta(hours=2) - timedelta(seconds=1))
+    assert post("/t/public-things", {"name": "widget"}, key="ttl-reused")["Idempotent-Replayed"] == "true"
+
+    # when the 2 h have passed
+    clock.tick(timedelta(seconds=2))
+    fresh = post("/t/public-things", {"name": "widget"}, key="ttl-reused")
+    deleted = idempotency_purge_expired.apply().get()
+
+    # then the key runs again (not replayed) and the idle record is purged
+    assert fresh.status_code == 201
+    assert "Idempotent-Replayed" not in fresh
+    assert fresh.content != first.content
+    assert executions == 3
+    assert deleted == 1
+    record = IdempotencyRecord.objects.get()
+    assert record.key == "ttl-reused"
+    assert record.expires_at == current + timedelta(hours=4, seconds=1)
