@@ -39,6 +39,11 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
         "expires_at",
     )
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Stored bodies reach 1 MiB each: a changelist page of 100 rows must not load them.
+        # The detail page's preview reads the one body it shows.
+        return super().get_queryset(request).defer("response_body")
+
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
         """Exact match on the key: served by the (key, scope) unique index, unlike icontains."""
         if not search_term:
