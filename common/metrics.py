@@ -1,5 +1,8 @@
 """Prometheus exposition, multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set.
 
+scripts/run gives every process of the Procfile (web workers, Celery worker, beat, consumers) the
+same directory, so counters incremented outside the web server are summed here too.
+
 Apps define their counters/histograms at import time in their own modules; figures that live in
 the database (outbox backlog, …) are read at scrape time by collectors registered here.
 """
