@@ -124,11 +124,12 @@ def _order_payload(
     }
 
 
-def _order_event(*, order: Order, type: str, **extra: Any) -> None:
+def _order_event(*, order: Order, type: str, event_id: uuid.UUID | None = None, **extra: Any) -> None:
     outbox_publish(
         aggregatetype=AGGREGATE_TYPE,
         aggregateid=str(order.id),
         type=type,
+        event_id=event_id,
         payload=_order_payload(
             order_id=order.id,
             status=order.status,
@@ -139,6 +140,29 @@ def _order_event(*, order: Order, type: str, **extra: Any) -> None:
             **extra,
         ),
     )
+
+
+# Never change: refund requests already sent carry ids derived from it.
+REFUND_REQUEST_NAMESPACE = uuid.UUID("5d1f3c0e-8a7b-4c2e-9f61-0b7e4a2d9c13")
+
+
+# Terminal status a payment success finds → (outcome, refund-request event type).
+_REFUND_REQUESTS = {
+    OrderStatus.EXPIRED: (PaymentOutcome.PAYMENT_AFTER_EXPIRY, "order.payment_after_expiry"),
+    OrderStatus.CANCELLED: (PaymentOutcome.PAYMENT_AFTER_CANCELLATION, "order.payment_after_cancellation"),
+}
+
+
+def refund_request_event_id(*, consumer_group_name: str, payment_event_id: str, type: str) -> uuid.UUID:
+    """The outbox event id of the refund request a payment event causes, the same every time.
+
+    processed_events rows are purged after PROCESSED_EVENTS_RETENTION_DAYS; a provider
+    redelivering the payment later is then applied again and asks for the refund again. With a
+    derived id that second request is the same event to consumers deduping by event id (and is
+    not written at all while the first is still in the outbox), so the money is refunded once.
+    """
+    name = json.dumps([consumer_group_name, payment_event_id, type])  # unambiguous: ids may hold any text
+    return uuid.uuid5(REFUND_REQUEST_NAMESPACE, name)
 
 
 def _order_transition(*, order: Order, to: str, now: datetime, **fields: Any) -> bool:
@@ -562,13 +586,19 @@ def _payment_event_apply(
         ):
             outcome = PaymentOutcome.PAID
             _order_event(order=order, type="order.paid", payment=payment)
-        elif order.status == OrderStatus.EXPIRED:
-            # Money arrived for an order that is no longer for sale: ask for a refund.
-            outcome = PaymentOutcome.PAYMENT_AFTER_EXPIRY
-            _order_event(order=order, type="order.payment_after_expiry", payment=payment, refund=True)
-        elif order.status == OrderStatus.CANCELLED:
-            outcome = PaymentOutcome.PAYMENT_AFTER_CANCELLATION
-            _order_event(order=order, type="order.payment_after_cancellation", payment=payment, refund=True)
+        elif order.status in _REFUND_REQUESTS:
+            # Money arrived for an order that is no longer for sale: ask for a refund, under an
+            # id derived from the payment event so a redelivery never asks twice.
+            outcome, refund_type = _REFUND_REQUESTS[order.status]
+            _order_event(
+                order=order,
+                type=refund_type,
+                event_id=refund_request_event_id(
+                    consumer_group_name=consumer_group_name, payment_event_id=event.event_id, type=refund_type
+                ),
+                payment=payment,
+                refund=True,
+            )
         else:
             outcome = PaymentOutcome.ALREADY_PAID
             if event.provider_reference != order.payment_reference:
@@ -600,8 +630,11 @@ def processed_events_purge(
 ) -> int:
     """Delete processed-event rows older than the retention window, in batches; returns the count.
 
-    A redelivery older than the window is then applied again, which is harmless: every
-    transition is a compare-and-set, so a second success finds the order already paid.
+    A redelivery older than the window is then applied again. Transitions are compare-and-sets,
+    so a second success finds the order already paid (no event) and a second failure finds it
+    no longer pending (no event); a success for an expired or cancelled order asks for the
+    refund again, but under the same event id as the first time (refund_request_event_id), so
+    consumers deduping by event id refund once.
     """
     now = now or timezone.now()
     days = settings.PROCESSED_EVENTS_RETENTION_DAYS if retention_days is None else retention_days

@@ -79,22 +79,38 @@ def outbox_publish(
     type: str,
     payload: dict[str, Any],
     headers: dict[str, str] | None = None,
+    event_id: uuid.UUID | None = None,
     using: str = "default",
 ) -> OutboxEvent:
-    """Record an event in the current transaction; it is relayed only if that transaction commits."""
+    """Record an event in the current transaction; it is relayed only if that transaction commits.
+
+    `event_id` lets the caller name the event deterministically when the same fact may be
+    emitted again later (a redelivered input whose dedupe record was purged): the re-emission
+    carries the same id, so consumers deduping by event id act once. If a row with that id
+    already exists nothing is written (INSERT … ON CONFLICT DO NOTHING, in the caller's
+    transaction) and the stored event is returned.
+    """
     if not transaction.get_connection(using).in_atomic_block:
         raise OutboxOutsideTransaction(
             "outbox_publish() must run inside the business transaction (transaction.atomic)."
         )
     event_headers = {"correlation_id": get_correlation_id(), **(headers or {})}
     _nudge_relay_on_commit(using)
-    return OutboxEvent.objects.using(using).create(
+    event = OutboxEvent(
         aggregatetype=aggregatetype,
         aggregateid=str(aggregateid),
         type=type,
         payload=payload,
         headers={key: value for key, value in event_headers.items() if value},
     )
+    if event_id is None:
+        event.save(using=using, force_insert=True)
+        return event
+    event.id = event_id
+    # The primary key is the only unique constraint, so "conflict" means "this id exists". No
+    # savepoint needed, and a concurrent twin waits on the key and then does nothing.
+    OutboxEvent.objects.using(using).bulk_create([event], ignore_conflicts=True)
+    return OutboxEvent.objects.using(using).get(pk=event_id)
 
 
 def outbox_publish_many(

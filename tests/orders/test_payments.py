@@ -11,7 +11,9 @@ from django.utils import timezone
 from freezegun import freeze_time
 
 from orders.models import Order, OrderStatus, ProcessedEvent
+from orders.services import processed_events_purge
 from outbox.models import OutboxEvent
+from outbox.services import outbox_purge_published
 from tests.orders.conftest import payment_body, sign
 from tests.orders.factories import OrderFactory, ProcessedEventFactory
 
@@ -137,6 +139,46 @@ def test_success_on_cancelled_order_asks_for_refund(post_payment_event):
     order.refresh_from_db()
     assert order.status == OrderStatus.CANCELLED
     assert len(events_of(order, "order.payment_after_cancellation")) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "refund_type"),
+    [
+        (OrderStatus.EXPIRED, "order.payment_after_expiry"),
+        (OrderStatus.CANCELLED, "order.payment_after_cancellation"),
+    ],
+)
+def test_redelivery_after_the_dedupe_window_asks_for_the_refund_under_the_same_event_id(
+    post_payment_event, status, refund_type
+):
+    # given: a payment for a closed order, answered with a refund request, whose processed_events
+    # row is purged 31 days later
+    order = OrderFactory(status=status, expiration_time=timezone.now() - timedelta(minutes=1))
+    body = payment_body(order, event_id="evt-refund-once")
+    assert post_payment_event(body).json()["duplicate"] is False
+    [first] = events_of(order, refund_type)
+    with freeze_time(timezone.now() + timedelta(days=31)):
+        assert processed_events_purge() == 1
+
+        # when: the provider redelivers it while the first request is still in the outbox
+        again = post_payment_event(body)
+
+    # then: it is applied again (nothing remembers it) but asks for no second refund
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is False
+    assert [event.id for event in events_of(order, refund_type)] == [first.id]
+
+    # when: the first request was published and purged from the outbox, and the dedupe record too
+    OutboxEvent.objects.filter(pk=first.pk).update(status="published", published_at=timezone.now())
+    with freeze_time(timezone.now() + timedelta(days=62)):
+        assert outbox_purge_published() == 1
+        assert processed_events_purge() == 1
+        post_payment_event(body)
+
+    # then: the request is written again under the first one's id, which consumers deduped by
+    [second] = events_of(order, refund_type)
+    assert second.id == first.id
+    assert second.payload == first.payload
 
 
 @pytest.mark.parametrize(

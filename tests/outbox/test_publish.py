@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from celery import signals
 from django.db import transaction
@@ -59,6 +61,31 @@ def test_commit_keeps_events_in_write_order_and_nudges_the_relay_once(nudges):
     assert [event.id for event in stored] == [first.id, second.id]
     assert first.sequence < second.sequence
     assert stored[0].status == OutboxEvent.Status.PENDING
+
+
+def test_an_event_written_again_under_its_id_is_kept_once(nudges):
+    event_id = uuid.uuid4()
+    with transaction.atomic():
+        first = outbox_publish(
+            aggregatetype="order", aggregateid="8", type="order.refund", payload={"n": 0}, event_id=event_id
+        )
+
+    # when the same fact is emitted again (later, in another transaction) under the same id
+    with transaction.atomic():
+        again = outbox_publish(
+            aggregatetype="order", aggregateid="8", type="order.refund", payload={"n": 1}, event_id=event_id
+        )
+        # the transaction is still usable: no error was raised inside it
+        other = outbox_publish(aggregatetype="order", aggregateid="8", type="order.other", payload={})
+
+    # then the first row stands, untouched, and the rest of the transaction committed
+    assert first.id == again.id == event_id
+    assert again.payload == {"n": 0} and again.sequence == first.sequence
+    stored = list(OutboxEvent.objects.filter(aggregateid="8"))
+    assert [(event.id, event.type) for event in stored] == [
+        (event_id, "order.refund"),
+        (other.id, "order.other"),
+    ]
 
 
 def test_a_burst_of_commits_sends_one_nudge_and_one_trailing_nudge(nudges):
