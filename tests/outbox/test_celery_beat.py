@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from datetime import timedelta
 
 import pytest
@@ -101,3 +102,21 @@ def test_every_beat_entry_names_a_registered_task_and_expires_before_its_next_ti
         assert entry["task"] in celery_app.tasks, name
         interval = entry["schedule"].total_seconds()
         assert 0 < entry["options"]["expires"] < interval, name
+
+
+def test_beat_entries_expire_before_their_next_tick_whatever_the_configured_interval(monkeypatch):
+    # An interval shorter than a fixed `expires` would let a stale tick pile up behind the next.
+    import config.settings.celery as celery_settings
+
+    monkeypatch.setenv("ORDER_EXPIRY_INTERVAL_SECONDS", "20")
+    monkeypatch.setenv("OUTBOX_RELAY_INTERVAL_SECONDS", "2")
+    try:
+        schedule = importlib.reload(celery_settings).CELERY_BEAT_SCHEDULE
+    finally:
+        monkeypatch.undo()
+        importlib.reload(celery_settings)
+
+    assert schedule["orders-expire-due"]["schedule"] == timedelta(seconds=20)
+    assert schedule["outbox-relay"]["schedule"] == timedelta(seconds=2)
+    for name, entry in schedule.items():
+        assert 0 < entry["options"]["expires"] < entry["schedule"].total_seconds(), name
