@@ -12,6 +12,7 @@ from freezegun import freeze_time
 from orders.models import Order, OrderItem, OrderStatus
 from outbox.models import OutboxEvent
 from tests.orders.factories import OrderFactory
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -151,6 +152,42 @@ def test_replay_with_the_same_key_returns_the_same_order(api):
     assert second["Idempotent-Replayed"] == "true"
     assert Order.objects.count() == 1
     assert OutboxEvent.objects.filter(type="order.created").count() == 1
+
+
+@pytest.fixture
+def celery_broker_down(monkeypatch):
+    """The Celery broker is a closed port, and the relay nudge is not paused or debounced, so
+    the commit really tries to reach it."""
+    from config.celery import app as celery_app
+    from outbox.services import _NudgeState
+
+    def reset() -> None:
+        _NudgeState.paused_until = 0.0
+        _NudgeState.last_immediate_at = _NudgeState.trailing_runs_at = float("-inf")
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+
+    # Celery reads CELERY_BROKER_URL from the environment before its configuration.
+    monkeypatch.setenv("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    reset()
+    yield
+    monkeypatch.undo()
+    reset()
+
+
+@pytest.mark.django_db(transaction=True)  # real commits: the nudge runs on commit
+def test_create_commits_the_order_and_its_event_when_the_celery_broker_is_down(
+    api, celery_broker_down, caplog
+):
+    response = api.create(VALID, key="order-broker-down")
+
+    assert response.status_code == 201, response.content
+    order = Order.objects.get(pk=response.json()["id"])
+    assert order.status == OrderStatus.PENDING_PAYMENT
+    [event] = OutboxEvent.objects.filter(aggregateid=str(order.id))
+    assert (event.type, event.status) == ("order.created", OutboxEvent.Status.PENDING)
+    # the commit did try the broker, and the beat entry is left to relay the event
+    assert "outbox relay nudge not sent" in caplog.text
 
 
 def test_same_key_other_body_is_409(api):
