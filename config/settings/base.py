@@ -156,6 +156,10 @@ JWT_AUDIENCE = env("JWT_AUDIENCE", default="")
 JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=60)
 JWT_JWKS_REFETCH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFETCH_COOLDOWN_SECONDS", default=30)
 TOKEN_INTROSPECT_URL = env("TOKEN_INTROSPECT_URL", default="")
+# The gateway's client credentials at the introspection endpoint (RFC 7662 §2.1: HTTP Basic);
+# empty ID: no client authentication is sent.
+TOKEN_INTROSPECT_CLIENT_ID = env("TOKEN_INTROSPECT_CLIENT_ID", default="")
+TOKEN_INTROSPECT_CLIENT_SECRET = env("TOKEN_INTROSPECT_CLIENT_SECRET", default="")
 RBAC_RESOLVER_URL = env("RBAC_RESOLVER_URL", default="")
 GATEWAY_INTERNAL_TOKEN = env("GATEWAY_INTERNAL_TOKEN", default="")
 

@@ -4,6 +4,11 @@ Look-up: this process (≤ 1 s for "not revoked") → Redis → database → int
 (`TOKEN_INTROSPECT_URL`, RFC 7662) when configured. A revocation is written to the database and
 Redis and published (invalidation kind "revoked"), so every instance refuses the token within a
 second; the 1 s local layer bounds that even when the message is lost.
+
+Readers cache "false" only where nothing is cached yet (SET NX), so a revocation committed while
+they were reading the database is never overwritten. The revoker writes "true" to Redis itself,
+past the shared-cache breaker; if Redis cannot be written it says so (`RevocationNotShared`, 503)
+after recording and announcing the revocation, because a "false" left there would hide it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
+from urllib.parse import quote_plus
 
 import requests
 from django.conf import settings
@@ -18,10 +24,11 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from common.errors import ServiceUnavailable
 from common.local_cache import LocalTTLCache
 from gateway.models import RevokedToken
 from gateway.services.cache_stats import cache_hit, cache_miss
-from gateway.services.shared_cache import shared_cache_call
+from gateway.services.shared_cache import shared_cache_call, shared_cache_failed, shared_cache_succeeded
 
 logger = logging.getLogger("gatehouse.auth.revocation")
 
@@ -32,7 +39,15 @@ INTROSPECT_TIMEOUT = (0.5, 2.0)
 DEFAULT_REVOCATION_TTL_SECONDS = 24 * 3600  # when the caller does not know the token's expiry
 
 _local = LocalTTLCache("revoked", ttl_seconds=NOT_REVOKED_LOCAL_SECONDS, max_entries=50_000)
+# A refused introspection client is logged as an error once a minute, not on every request.
+_client_refusal_logged = LocalTTLCache("introspection-client-refused", ttl_seconds=60, max_entries=1)
 _subscribed = False
+
+
+class RevocationNotShared(ServiceUnavailable):
+    """The revocation is in the database (and announced), but `revoked:{jti}` could not be set in
+    Redis: an instance that cached "not revoked" there may accept the token until that entry
+    expires. Revoking again (idempotent) once Redis answers closes the gap."""
 
 
 def revoked_cache_key(jti: str) -> str:
@@ -67,9 +82,23 @@ def token_is_revoked(*, jti: str, token: str | None = None, expires_at: float | 
         ttl = REVOKED_TTL_SECONDS
         if expires_at is not None:  # no point keeping an answer about a token past its expiry
             ttl = max(1, min(ttl, int(expires_at - time.time()) + 1))
-        shared_cache_call(lambda: cache.set(key, "true" if revoked else "false", ttl), None)
+        if revoked:
+            shared_cache_call(lambda: cache.set(key, "true", ttl), None)
+        else:
+            revoked = _cache_not_revoked(key, ttl)
     _remember(jti, revoked)
     return revoked
+
+
+def _cache_not_revoked(key: str, ttl: int) -> bool:
+    """Cache "false" only if nothing is cached (SET NX); returns True if a "true" is there instead.
+
+    A revocation committed after our database read has already written "true" (its write follows
+    its commit); a plain SET would replace it and hide the revocation for the whole TTL.
+    """
+    if shared_cache_call(lambda: cache.add(key, "false", ttl), True):
+        return False
+    return shared_cache_call(lambda: cache.get(key), None) == "true"
 
 
 def _remember(jti: str, revoked: bool) -> None:
@@ -88,8 +117,12 @@ def _introspect(token: str) -> bool | None:
             settings.TOKEN_INTROSPECT_URL,
             data={"token": token, "token_type_hint": "access_token"},
             headers={"Accept": "application/json"},
+            auth=_introspection_client_auth(),
             timeout=INTROSPECT_TIMEOUT,
         )
+        if response.status_code in (401, 403):
+            _log_client_refused(response.status_code)
+            return None
         response.raise_for_status()
         body = response.json()
     except (requests.RequestException, ValueError) as exc:
@@ -101,11 +134,39 @@ def _introspect(token: str) -> bool | None:
     return body["active"]
 
 
+def _introspection_client_auth() -> tuple[str, str] | None:
+    """HTTP Basic credentials for the introspection endpoint (RFC 7662 §2.1), or None when unset.
+
+    RFC 6749 §2.3.1: client id and secret are form-urlencoded before the Basic encoding, so a
+    secret holding ':' or non-ASCII characters reaches the server intact.
+    """
+    client_id = settings.TOKEN_INTROSPECT_CLIENT_ID
+    if not client_id:
+        return None
+    return quote_plus(client_id), quote_plus(settings.TOKEN_INTROSPECT_CLIENT_SECRET)
+
+
+def _log_client_refused(status: int) -> None:
+    # Not an outage: every introspection will fail until the settings are fixed. Still answered
+    # like one (not revoked, not cached) so valid tokens keep working.
+    if _client_refusal_logged.get("logged") is None:
+        _client_refusal_logged.set("logged", True)
+        logger.error(
+            "token introspection refused the gateway's client credentials (HTTP %s): configuration "
+            "error, check TOKEN_INTROSPECT_CLIENT_ID / TOKEN_INTROSPECT_CLIENT_SECRET",
+            status,
+        )
+
+
 @transaction.atomic
 def token_revoke(
     *, jti: str, expires_at: datetime | None = None, ttl_seconds: int | None = None
 ) -> RevokedToken:
-    """Revoke `jti` until `expires_at` (or now + ttl); idempotent, a later expiry extends it."""
+    """Revoke `jti` until `expires_at` (or now + ttl); idempotent, a later expiry extends it.
+
+    Raises RevocationNotShared (503) when, after the commit, Redis could not be updated; the
+    database row stays. Called inside an outer transaction, that surfaces where it commits.
+    """
     if not jti or len(jti) > 255:
         raise ValueError("jti must be 1-255 characters")
     if expires_at is None:
@@ -114,16 +175,39 @@ def token_revoke(
     RevokedToken.objects.bulk_create([RevokedToken(jti=jti, expires_at=expires_at)], ignore_conflicts=True)
     RevokedToken.objects.filter(jti=jti, expires_at__lt=expires_at).update(expires_at=expires_at)
     revoked = RevokedToken.objects.get(jti=jti)
-    transaction.on_commit(lambda: _revocation_announce(jti))
+    # Not robust: a failure to update Redis must reach the caller (command exits non-zero, API 503).
+    transaction.on_commit(lambda: _revocation_announce(jti), robust=False)
     return revoked
 
 
 def _revocation_announce(jti: str) -> None:
     from gateway.services.invalidation import invalidation_publish
 
-    shared_cache_call(lambda: cache.set(revoked_cache_key(jti), "true", REVOKED_TTL_SECONDS), None)
+    shared = _revoked_cache_write(jti)
     _remember(jti, True)
-    invalidation_publish(kind="revoked", payload={"jti": jti})
+    invalidation_publish(kind="revoked", payload={"jti": jti})  # instances hold "true" locally
+    if not shared:
+        raise RevocationNotShared(
+            f"The revocation of {jti!r} is recorded, but Redis could not be updated: instances "
+            f"that cached the token as not revoked may accept it for up to {REVOKED_TTL_SECONDS} s. "
+            "Revoke again once Redis answers."
+        )
+
+
+def _revoked_cache_write(jti: str) -> bool:
+    """Set `revoked:{jti}` = "true"; False if Redis could not be written.
+
+    Directly, not through `shared_cache_call`: its breaker skips Redis for 3 s after any failure
+    this process saw, and a skipped write would leave a cached "false" in place.
+    """
+    try:
+        cache.set(revoked_cache_key(jti), "true", REVOKED_TTL_SECONDS)
+    except Exception as exc:  # django-redis ConnectionInterrupted, redis-py errors
+        shared_cache_failed(exc)
+        logger.error("revocation of %r not written to Redis: %s: %s", jti, type(exc).__name__, exc)
+        return False
+    shared_cache_succeeded()
+    return True
 
 
 def revoked_tokens_purge(*, now: datetime | None = None) -> int:
@@ -137,7 +221,9 @@ def _on_revoked_invalidated(payload: dict) -> None:
     if payload.get("resync") or not jti:
         _local.clear()
     else:
-        _local.delete(jti)
+        # The message says this jti is revoked: hold that here, not just forget what we had, so
+        # this instance refuses it even while Redis still holds a stale "false".
+        _remember(str(jti), True)
 
 
 def _ensure_subscribed() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
 
-from common.errors import NotAuthenticated
+from common.errors import NotAuthenticated, ServiceUnavailable
 from common.local_cache import reset_all_local_caches
 from gateway.models import RevokedToken
-from gateway.services.revocation import revoked_tokens_purge
+from gateway.services.invalidation import invalidation_publish
+from gateway.services.revocation import revoked_tokens_purge, token_revoke
 from gateway.services.tokens import token_authenticate
 
 pytestmark = pytest.mark.django_db
@@ -61,12 +64,109 @@ def test_revocation_outlives_the_redis_entry(token_service, django_capture_on_co
 def test_revocation_holds_with_redis_down(token_service, settings, django_capture_on_commit_callbacks):
     bearer = token_service.bearer(jti="jti-1")
     _redis_down(settings)
-    with django_capture_on_commit_callbacks(execute=True):
+    # Recorded, but the revoker says Redis could not be updated (a stale "false" there would hide
+    # the revocation once Redis is back): the caller is told to retry.
+    with pytest.raises(ServiceUnavailable, match="Redis"), django_capture_on_commit_callbacks(execute=True):
         call_command("revoke_token", "jti-1")
     reset_all_local_caches()
 
-    assert not _accepted(bearer)
+    assert RevokedToken.objects.filter(jti="jti-1").exists()
+    assert not _accepted(bearer)  # readers consult the database while Redis is down
     assert _accepted(token_service.bearer(jti="jti-2"))
+
+
+def test_a_revocation_landing_between_the_db_read_and_the_cache_write_is_not_overwritten(
+    token_service, django_capture_on_commit_callbacks
+):
+    from django.db import connection
+
+    bearer = token_service.bearer(jti="jti-race")
+    revoked_meanwhile: list[bool] = []
+
+    def revoke_right_after_the_read(execute, sql, params, many, context):  # noqa: ANN001, ANN202
+        result = execute(sql, params, many, context)
+        if not revoked_meanwhile and RevokedToken._meta.db_table in sql:
+            revoked_meanwhile.append(True)  # before revoking: its own queries pass through here
+            with django_capture_on_commit_callbacks(execute=True):
+                token_revoke(jti="jti-race")  # committed, "true" in Redis, message sent
+        return result
+
+    # when: a reader misses the cache, reads "not revoked" from the database, and a revocation
+    # commits before it writes its answer to Redis
+    with connection.execute_wrapper(revoke_right_after_the_read):
+        in_flight_accepted = _accepted(bearer)
+    reset_all_local_caches()  # another instance, or this one a second later
+
+    # then: "true" stays (the reader's "false" is only written where nothing is cached), and the
+    # reader itself, finding "true" there, refuses
+    assert revoked_meanwhile
+    assert cache.get("revoked:jti-race") == "true"
+    assert not in_flight_accepted
+    assert not _accepted(bearer)
+
+
+def test_a_revoked_message_refuses_the_token_even_if_redis_still_says_false(
+    token_service, django_capture_on_commit_callbacks
+):
+    bearer = token_service.bearer(jti="jti-msg")
+    assert _accepted(bearer)  # "false" in Redis and in this process
+
+    # A revocation whose Redis write did not happen, but whose message arrives.
+    with django_capture_on_commit_callbacks(execute=True):
+        invalidation_publish(kind="revoked", payload={"jti": "jti-msg"})
+
+    assert cache.get("revoked:jti-msg") == "false"
+    assert not _accepted(bearer)
+
+
+def test_revoking_writes_redis_even_right_after_this_process_saw_a_redis_failure(
+    token_service, django_capture_on_commit_callbacks
+):
+    from gateway.services.shared_cache import shared_cache_available, shared_cache_failed
+
+    bearer = token_service.bearer(jti="jti-1")
+    assert _accepted(bearer)  # "false" in Redis
+    shared_cache_failed(ConnectionError("a blip"))  # the breaker skips Redis for the next 3 s
+    assert not shared_cache_available()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("revoke_token", "jti-1")
+
+    assert cache.get("revoked:jti-1") == "true"
+    reset_all_local_caches()
+    assert not _accepted(bearer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_revoke_command_fails_when_redis_cannot_be_updated_but_keeps_the_record(settings):
+    _redis_down(settings)
+
+    from django.core.management.base import CommandError
+
+    # no wrapping transaction: commits at once, and the command exits non-zero with the reason
+    with pytest.raises(CommandError) as caught:
+        call_command("revoke_token", "jti-1")
+
+    assert "recorded" in str(caught.value) and "Redis" in str(caught.value)
+    assert RevokedToken.objects.filter(jti="jti-1").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_internal_endpoint_answers_503_when_redis_cannot_be_updated_but_keeps_the_record(client, settings):
+    settings.GATEWAY_INTERNAL_TOKEN = INTERNAL_SECRET
+    _redis_down(settings)
+
+    response = client.post(
+        "/internal/revocations",
+        {"jti": "jti-1", "ttl": 900},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {INTERNAL_SECRET}",
+    )
+
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    assert "Redis" in response.json()["detail"]
+    assert RevokedToken.objects.filter(jti="jti-1").exists()
 
 
 def test_a_miss_without_introspection_means_not_revoked(token_service, settings):
@@ -100,6 +200,34 @@ def test_introspection_active_token_is_accepted_and_cached(token_service):
 
     assert token_service.introspection_count == 1
     assert cache.get("revoked:jti-1") == "false"
+
+
+def test_introspection_authenticates_the_gateway_with_http_basic(token_service):
+    token_service.require_introspection_client("gatehouse", "s3:cr+t é")  # encoded per RFC 6749
+    token_service.enable_introspection()  # the URL and the client credentials
+    token_service.revoke_via_introspection("jti-1")
+
+    assert not _accepted(token_service.bearer(jti="jti-1"))
+    assert _accepted(token_service.bearer(jti="jti-2"))
+    assert token_service.introspection_count == 2
+
+
+def test_introspection_refusing_the_gateway_is_logged_as_a_configuration_error(
+    token_service, settings, caplog
+):
+    token_service.require_introspection_client("gatehouse", "right")
+    token_service.enable_introspection()
+    settings.TOKEN_INTROSPECT_CLIENT_SECRET = "wrong"
+    token_service.revoke_via_introspection("jti-1")
+
+    with caplog.at_level(logging.WARNING, logger="gatehouse.auth.revocation"):
+        # like an outage: not refused (database revocations still apply), not cached
+        assert _accepted(token_service.bearer(jti="jti-1"))
+
+    assert cache.get("revoked:jti-1") is None
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert errors and "TOKEN_INTROSPECT_CLIENT_ID" in errors[0].getMessage()
+    assert "401" in errors[0].getMessage()
 
 
 def test_introspection_outage_does_not_refuse_valid_tokens_but_db_revocations_hold(

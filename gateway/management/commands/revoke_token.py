@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from common.errors import ServiceUnavailable
 from gateway.services.revocation import DEFAULT_REVOCATION_TTL_SECONDS, revoked_tokens_purge, token_revoke
 
 
@@ -40,4 +41,6 @@ class Command(BaseCommand):
             revoked = token_revoke(jti=jti, ttl_seconds=ttl)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        except ServiceUnavailable as exc:  # recorded in the database, but Redis was not updated
+            raise CommandError(str(exc.detail)) from exc
         self.stdout.write(f"revoked {revoked.jti} until {revoked.expires_at.isoformat()}")
