@@ -118,7 +118,7 @@ class RouteForm(forms.ModelForm):
             return cleaned
         route = self.instance
         route.methods = route_methods_canonical(cleaned.get("methods") or [])
-        for name in ("path", "rewrite", "condition", "enabled"):
+        for name in ("path", "rewrite", "condition", "enabled", "auth_required", "required_permission"):
             setattr(route, name, cleaned.get(name))
         if cleaned.get("cache_ttl_seconds") and not set(route.methods) & {"GET", "HEAD"}:
             self.add_error("cache_ttl_seconds", "Only GET/HEAD responses are cached; this route has neither.")

@@ -213,7 +213,12 @@ def _parse(data: Any) -> tuple[list[_ServiceSpec], list[_RouteSpec], list[str]]:
             entry_problems.append('"backend" (the service name) is required')
         path = entry.get("path")
         for name, messages in route_config_errors(
-            path=path, methods=methods, rewrite=values.get("rewrite", ""), condition=values.get("condition")
+            path=path,
+            methods=methods,
+            rewrite=values.get("rewrite", ""),
+            condition=values.get("condition"),
+            auth_required=values.get("auth_required", defaults["auth_required"]),
+            required_permission=values.get("required_permission", ""),
         ).items():
             entry_problems.extend(f"{name}: {message}" for message in messages)
         fields = {**defaults, **values}

@@ -24,7 +24,12 @@ def route_validate(*, route: Route) -> None:
     """Raise ValidationError (by field) for a bad pattern/methods/rewrite/condition, or an enabled
     route with the same path that shares a method (it could never be chosen)."""
     errors = route_config_errors(
-        path=route.path, methods=route.methods, rewrite=route.rewrite, condition=route.condition
+        path=route.path,
+        methods=route.methods,
+        rewrite=route.rewrite,
+        condition=route.condition,
+        auth_required=route.auth_required,
+        required_permission=route.required_permission,
     )
     if not errors and route.enabled:
         clashes = route_overlapping(path=route.path, methods=list(route.methods), exclude_id=route.pk)

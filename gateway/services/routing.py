@@ -153,6 +153,8 @@ def route_config_errors(
     methods: Any,
     rewrite: Any = "",
     condition: Any = None,
+    auth_required: Any = True,
+    required_permission: Any = "",
 ) -> dict[str, list[str]]:
     """The one validator of a route's pattern fields (admin, model clean and load_routes)."""
     errors: dict[str, list[str]] = {}
@@ -194,6 +196,21 @@ def route_config_errors(
             )
         elif not all(isinstance(k, str) and k and isinstance(v, str) for k, v in condition.items()):
             errors.setdefault("condition", []).append("A condition maps names to strings (a flat object).")
+
+    # A public route gets no identity at all (gateway.services.auth), so a permission or condition
+    # on it would silently allow everyone: refuse the combination rather than ignore it.
+    if auth_required in (False, "false"):
+        ignored = [
+            name
+            for name, value in (("required_permission", required_permission), ("condition", condition))
+            if value not in (None, "", {})
+        ]
+        if ignored:
+            fields = " and ".join(ignored)
+            errors.setdefault("auth_required", []).append(
+                f"A public route (auth_required = false) identifies nobody, so its {fields} would "
+                f"never be checked; remove {'them' if len(ignored) > 1 else 'it'} or require auth."
+            )
     return errors
 
 

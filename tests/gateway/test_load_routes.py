@@ -213,14 +213,19 @@ def test_export_round_trips_through_load(tmp_path):
     service = ServiceFactory(name="orders", targets=["http://10.0.0.1:80", "http://10.0.0.2:80"])
     service.targets.filter(url="http://10.0.0.2:80").update(enabled=False)
     ServiceFactory(name="idle", enabled=False, targets=["https://idle.internal/base"])
-    RouteFactory(path="/orders/{id}", methods=["GET", "HEAD"], service=service, cache_ttl_seconds=30)
+    RouteFactory(
+        path="/orders/{id}",
+        methods=["GET", "HEAD"],
+        service=service,
+        cache_ttl_seconds=30,
+        condition={"tenant": "{{X-Tenant-ID}}"},
+    )
     RouteFactory(
         path="/orders/**",
         methods=["POST"],
         service=service,
         idempotency="optional",
-        auth_required=False,
-        condition={"tenant": "{{X-Tenant-ID}}"},
+        auth_required=False,  # and so neither a required permission nor a condition
         rewrite="/api/{**}",
         priority=-1,
         enabled=False,
@@ -251,3 +256,41 @@ def test_demo_route_file_loads(django_capture_on_commit_callbacks):
     assert route_resolve(method="POST", path="/demo/register").route.idempotency == "required"
     assert route_resolve(method="GET", path="/demo/cached/x").route.cache_ttl_seconds > 0
     assert route_resolve(method="GET", path="/demo/x").route.targets == ("http://127.0.0.1:8001",)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"required_permission": "user.read"}, "required_permission"),
+        ({"condition": {"user_id": "{{X-User-ID}}"}}, "condition"),
+        (
+            {"required_permission": "user.read", "condition": {"user_id": "{{X-User-ID}}"}},
+            "required_permission and condition",
+        ),
+    ],
+)
+def test_route_validation_refuses_permission_or_condition_on_a_public_route(fields, named):
+    from gateway.services.routing import route_config_errors
+
+    errors = route_config_errors(path="/users/{user_id}", methods=["GET"], auth_required=False, **fields)
+
+    assert list(errors) == ["auth_required"]
+    assert named in errors["auth_required"][0] and "never be checked" in errors["auth_required"][0]
+    # the same fields with auth required, or a public route without them, are fine
+    assert route_config_errors(path="/users/{user_id}", methods=["GET"], auth_required=True, **fields) == {}
+    assert route_config_errors(path="/users/{user_id}", methods=["GET"], auth_required=False) == {}
+
+
+def test_load_routes_refuses_permission_or_condition_on_a_public_route(tmp_path):
+    data = json.loads(json.dumps(SPEC_FILE))
+    data["routes"][0]["auth_required"] = False  # it has x-required-permission and x-condition
+    err = io.StringIO()
+
+    with pytest.raises(CommandError, match="nothing was changed"):
+        call_command("load_routes", _write(tmp_path, data), stdout=io.StringIO(), stderr=err)
+
+    assert (
+        "routes[0] (GET /users/{user_id}): auth_required: A public route (auth_required = false) "
+        "identifies nobody, so its required_permission and condition would never be checked"
+    ) in err.getvalue(), err.getvalue()
+    assert not Route.objects.exists()
