@@ -6,4 +6,8 @@ class GatewayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from common.metrics import register_scrape_collector
         from gateway import schema  # noqa: F401  (registers the OpenAPI auth extensions)
+        from gateway.metrics import collect_cache_keys
+
+        register_scrape_collector(collect_cache_keys)

@@ -1,10 +1,14 @@
 """Prometheus metrics of the gateway's proxy path (exposed by /metrics, multiprocess-safe).
 
 Labels stay low-cardinality: the route's *pattern* (never the concrete path), the service name,
-the status code.
+the status code. Cache sizes are read at scrape time (`collect_cache_keys`, registered in apps.py).
 """
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 requests_total = Counter(
     "gateway_requests_total",
@@ -29,3 +33,24 @@ upstream_retries = Counter(
 circuit_opened = Counter(
     "gateway_circuit_opened_total", "Times a target's circuit opened, by service.", ["service"]
 )
+
+
+def collect_cache_keys() -> Iterable[Metric]:
+    """`gatehouse_cache_keys{kind}`: keys of each cache kind in Redis (a SCAN at most every 15 s).
+
+    Computed at scrape time, not a multiprocess gauge: it is one figure for the shared cache,
+    whichever worker answers. Nothing is reported while Redis is down.
+    """
+    from gateway.services.cache_stats import cache_key_counts_recent
+
+    counts = cache_key_counts_recent()
+    if counts is None:
+        return
+    family = GaugeMetricFamily(
+        "gatehouse_cache_keys",
+        "Keys in the shared cache by kind (routes, rbac, revoked, jwks, responses), counted by SCAN.",
+        labels=["kind"],
+    )
+    for kind, count in counts.items():
+        family.add_metric([kind], count)
+    yield family

@@ -5,6 +5,9 @@ adds its counts to a Redis hash (`gatehouse:cache-stats`) at most every few seco
 invalidation listener thread, so `cache_stats()` (and `manage.py gateway_cache stats`) reports
 figures for the whole cluster, at most `FLUSH_INTERVAL_SECONDS` behind. Without Redis the figures
 are this process's only.
+
+Sizes (keys per kind) are counted with SCAN; /metrics reads them through `cache_key_counts_recent`,
+which keeps a count for `KEY_COUNTS_MEMO_SECONDS` so a burst of scrapes costs one SCAN per process.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections import Counter as _Tally
 
 from prometheus_client import Counter
 
+from common.local_cache import LocalTTLCache
 from gateway.services.shared_cache import (
     shared_cache_call,
     shared_cache_is_redis,
@@ -24,6 +28,7 @@ from gateway.services.shared_cache import (
 CACHE_KINDS = ("routes", "rbac", "revoked", "jwks", "responses")
 STATS_KEY = "gatehouse:cache-stats"
 FLUSH_INTERVAL_SECONDS = 2.0
+KEY_COUNTS_MEMO_SECONDS = 15.0
 
 CACHE_REQUESTS = Counter(
     "gatehouse_cache_requests_total",
@@ -36,6 +41,8 @@ _unflushed: _Tally[str] = _Tally()  # "routes:hit" -> count not yet added to Red
 _local_totals: _Tally[str] = _Tally()  # everything this process counted
 _children: dict[tuple[str, str], object] = {}
 _last_flush = time.monotonic()
+_key_counts_memo = LocalTTLCache("cache-key-counts", ttl_seconds=KEY_COUNTS_MEMO_SECONDS, max_entries=1)
+_key_counts_lock = threading.Lock()
 
 
 def _child(kind: str, result: str):  # noqa: ANN202  (prometheus child type is private)
@@ -103,15 +110,38 @@ def cache_stats() -> dict[str, dict[str, int]]:
         totals = {key.decode(): int(value) for key, value in raw.items()}
     else:
         totals = dict(_local_totals)
-    result: dict[str, dict[str, int]] = {}
-    for kind in CACHE_KINDS:
-        size = sum(1 for _ in shared_cache_scan(f"{kind}:*"))
-        result[kind] = {
+    sizes = cache_key_counts()
+    return {
+        kind: {
             "hits": totals.get(f"{kind}:hit", 0),
             "misses": totals.get(f"{kind}:miss", 0),
-            "size": size,
+            "size": sizes[kind],
         }
-    return result
+        for kind in CACHE_KINDS
+    }
+
+
+def cache_key_counts() -> dict[str, int]:
+    """{kind: number of keys} now, by SCAN. Raises if Redis is unreachable."""
+    return {kind: sum(1 for _ in shared_cache_scan(f"{kind}:*")) for kind in CACHE_KINDS}
+
+
+def cache_key_counts_recent() -> dict[str, int] | None:
+    """`cache_key_counts()` at most `KEY_COUNTS_MEMO_SECONDS` old, or None while Redis is down.
+
+    For scrapes: concurrent callers wait for one SCAN instead of each running their own, and an
+    outage (or the shared-cache breaker) gives no figure rather than a failed scrape.
+    """
+    counts = _key_counts_memo.get("counts")
+    if counts is not None:
+        return counts
+    with _key_counts_lock:
+        counts = _key_counts_memo.get("counts")  # counted by another thread while we waited
+        if counts is None:
+            counts = shared_cache_call(cache_key_counts, None)
+            if counts is not None:
+                _key_counts_memo.set("counts", counts)
+    return counts
 
 
 def cache_stats_reset() -> None:

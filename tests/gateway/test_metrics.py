@@ -97,3 +97,49 @@ def workers_that_counted(directory, *, route: str) -> set[str]:
         ):
             pids.add(path.stem.rsplit("_", 1)[-1])
     return pids
+
+
+def cache_key_figures(text: str) -> dict[str, float]:
+    return {
+        kind: float(value)
+        for kind, value in re.findall(r'^gatehouse_cache_keys\{kind="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    }
+
+
+@pytest.mark.django_db
+def test_metrics_report_cache_keys_per_kind(client):
+    from django.core.cache import cache
+    from freezegun import freeze_time
+
+    with freeze_time("2030-01-01 12:00:00") as clock:
+        # given
+        cache.set("routes:/users/1:GET", {"route": 1}, 60)
+        for n in range(2):
+            cache.set(f"rbac:u-{n}:t-1", {"permissions": []}, 60)
+        for n in range(3):
+            cache.set(f"revoked:jti-{n}", "false", 60)
+        cache.set("jwks:public_key", {"keys": []}, 60)
+        cache.set("gatehouse:cache-stats-like", 1, 60)  # not a cache kind
+
+        # when / then
+        figures = cache_key_figures(client.get("/metrics").content.decode())
+        assert figures == {"routes": 1, "rbac": 2, "revoked": 3, "jwks": 1, "responses": 0}
+
+        # a scrape storm does not SCAN again: the figures are kept for a few seconds
+        cache.set("revoked:jti-late", "true", 60)
+        assert cache_key_figures(client.get("/metrics").content.decode())["revoked"] == 3
+        clock.tick(16)
+        assert cache_key_figures(client.get("/metrics").content.decode())["revoked"] == 4
+
+
+@pytest.mark.django_db
+def test_metrics_scrape_still_answers_with_redis_down(client, settings):
+    from tests.support.servers import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": settings.REDIS_URL}}
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert cache_key_figures(response.content.decode()) == {}  # no figure rather than a wrong one
