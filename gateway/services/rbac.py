@@ -31,7 +31,15 @@ _subscribed = False
 
 
 def rbac_cache_key(*, user_id: str, tenant_id: str) -> str:
-    return f"rbac:{user_id}:{tenant_id}"
+    """`rbac:{user_id}:{tenant_id}`, with ':' (and '%') escaped in each part.
+
+    Unescaped, ("a:b", "c") and ("a", "b:c") would share `rbac:a:b:c`; ordinary ids are unchanged.
+    """
+    return f"rbac:{_key_part(user_id)}:{_key_part(tenant_id)}"
+
+
+def _key_part(value: str) -> str:
+    return value.replace("%", "%25").replace(":", "%3A")
 
 
 def rbac_permissions(*, user_id: str, tenant_id: str) -> frozenset[str]:
@@ -44,7 +52,7 @@ def rbac_permissions(*, user_id: str, tenant_id: str) -> frozenset[str]:
         return permissions
     key = rbac_cache_key(user_id=user_id, tenant_id=tenant_id)
     entry = shared_cache_call(lambda: cache.get(key), None)
-    if _valid_entry(entry):
+    if _valid_entry(entry, user_id=user_id, tenant_id=tenant_id):
         cache_hit("rbac")
         permissions = frozenset(entry["permissions"])
         _local.set(local_key, permissions)
@@ -62,9 +70,13 @@ def rbac_permissions(*, user_id: str, tenant_id: str) -> frozenset[str]:
     return permissions
 
 
-def _valid_entry(entry: object) -> bool:
+def _valid_entry(entry: object, *, user_id: str, tenant_id: str) -> bool:
+    """A well-formed entry of this very (user, tenant): anyone else's (a key collision, a key
+    format of another version) is a miss, never their permissions."""
     return (
         isinstance(entry, dict)
+        and entry.get("user_id") == user_id
+        and entry.get("tenant_id") == tenant_id
         and isinstance(entry.get("permissions"), list)
         and all(isinstance(item, str) for item in entry["permissions"])
     )

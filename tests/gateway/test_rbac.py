@@ -242,3 +242,39 @@ def test_internal_rbac_updated_endpoint_needs_exactly_one_scope(client, settings
 
     assert response.status_code == 400
     assert response["Content-Type"] == "application/problem+json"
+
+
+def test_ids_containing_colons_do_not_share_a_cache_entry(token_service, rbac_resolver):
+    # ("a:b", "c") and ("a", "b:c") would both be `rbac:a:b:c` without escaping.
+    rbac_resolver.set("a:b", "c", ["order.write"])
+    rbac_resolver.set("a", "b:c", [])
+    granted = request_identity(
+        authorization=token_service.bearer(sub="a:b", tenant_id="c"), match=_match("order.write")
+    )
+    reset_all_local_caches()  # another instance: only Redis is shared
+
+    with pytest.raises(PermissionDenied):
+        request_identity(
+            authorization=token_service.bearer(sub="a", tenant_id="b:c"), match=_match("order.write")
+        )
+
+    assert granted.user_id == "a:b"
+    assert rbac_resolver.calls == [("a:b", "c"), ("a", "b:c")]
+
+
+def test_a_cached_entry_for_another_user_or_tenant_is_a_miss(token_service, rbac_resolver):
+    from gateway.services.rbac import rbac_cache_key
+
+    # given: the entry under u-1/t-1's key belongs to someone else (a collision, an old key format)
+    cache.set(
+        rbac_cache_key(user_id="u-1", tenant_id="t-1"),
+        {"user_id": "u-9", "tenant_id": "t-1", "permissions": ["order.write"], "resolved_at": 1.0},
+        300,
+    )
+    rbac_resolver.set("u-1", "t-1", ["order.read"])
+
+    with pytest.raises(PermissionDenied):
+        request_identity(authorization=token_service.bearer(sub="u-1"), match=_match("order.write"))
+
+    assert rbac_resolver.calls == [("u-1", "t-1")]
+    assert cache.get("rbac:u-1:t-1")["user_id"] == "u-1"  # replaced by the resolver's answer
