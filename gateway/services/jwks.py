@@ -5,7 +5,8 @@ are kept, and each key's algorithm comes from the JWKS, never from a token. An u
 triggers one refetch, but at most one per `JWT_JWKS_REFETCH_COOLDOWN_SECONDS` across all instances
 (a Redis compare-and-set on a wall-clock deadline) or per process when Redis is down, so a flood of
 random kids cannot flood the token service. When the token service is down the last key set this
-process saw keeps verifying.
+process saw keeps verifying; with no key set at all, a failed fetch is not retried for
+`JWKS_FAILURE_BACKOFF_SECONDS` (503 meanwhile).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ JWKS_TTL_SECONDS = 600
 REFETCH_COOLDOWN_KEY = "gatehouse:jwks-refetch-cooldown"
 LOCAL_TTL_SECONDS = 60.0  # re-read Redis this often; rotation messages drop it sooner
 FETCH_TIMEOUT = (1.0, 2.0)  # connect, read: a slow token service must not hold requests long
+JWKS_FAILURE_BACKOFF_SECONDS = 3.0  # after a failed cold fetch, answer 503 without asking again
 
 _MISSING = object()
 
@@ -71,6 +73,8 @@ _local = LocalTTLCache("jwks", ttl_seconds=LOCAL_TTL_SECONDS, max_entries=2)
 # are both down. A LocalTTLCache so tests reset it.
 _last_known = LocalTTLCache("jwks-last-known", ttl_seconds=86_400, max_entries=1)
 _process_cooldown = LocalTTLCache("jwks-refetch-cooldown", ttl_seconds=30, max_entries=1)
+# Negative cache of a failed cold fetch (no key set anywhere): one attempt per few seconds.
+_cold_failure = LocalTTLCache("jwks-cold-failure", ttl_seconds=JWKS_FAILURE_BACKOFF_SECONDS, max_entries=1)
 _fetch_lock = threading.Lock()
 _subscribed = False
 
@@ -102,7 +106,12 @@ def jwks_signing_key(*, kid: str | None) -> PyJWK:
             return key
     if not _refetch_allowed():
         raise JwksKeyNotFound("Unknown key id.")
-    keyset = _fetch_and_store(reason="unknown_kid")
+    try:
+        keyset = _fetch_and_store(reason="unknown_kid")
+    except JwksUnavailable as exc:
+        # Keys are known and this kid is not among them: the token cannot be verified, a 401 like
+        # any other token failure. 503 is kept for having no key set at all.
+        raise JwksKeyNotFound("Unknown key id (the key set could not be refreshed).") from exc
     key = keyset.key_for(kid)
     if key is None:
         raise JwksKeyNotFound("Unknown key id.")
@@ -158,6 +167,10 @@ def _keyset() -> KeySet:
         keyset = _local.get("keyset")  # another thread fetched while we waited
         if keyset is not None:
             return keyset
+        if _cold_failure.get("failed") is not None:
+            # No keys and the token service failed moments ago: answer 503 at once rather than
+            # have every request wait on (and add load to) a service that is down.
+            raise JwksUnavailable("The token service failed moments ago; not asking again yet.")
         try:
             # A cold fetch is not gated by the refetch cooldown: nothing verifies without keys,
             # and it happens once per JWKS_TTL_SECONDS (the Redis entry), not per token.
@@ -165,6 +178,7 @@ def _keyset() -> KeySet:
         except JwksUnavailable:
             stale = _last_known.get("keyset")
             if stale is None:
+                _cold_failure.set("failed", True)
                 raise
             logger.warning("token service unreachable, verifying with the last known key set")
             _local.set("keyset", stale, ttl_seconds=5.0)  # retry the fetch in a few seconds
@@ -184,6 +198,7 @@ def _keyset_from_redis(*, current: KeySet | None) -> KeySet | None:
 def _remember(keyset: KeySet) -> None:
     _local.set("keyset", keyset)
     _last_known.set("keyset", keyset)
+    _cold_failure.delete("failed")
 
 
 def _fetch_and_store(*, reason: str, locked: bool = False) -> KeySet:

@@ -23,6 +23,7 @@ from gateway.types import Identity
 logger = logging.getLogger("gatehouse.auth.tokens")
 
 REQUIRED_CLAIMS = ("exp", "sub")
+TIME_CLAIMS = ("exp", "nbf", "iat")
 
 auth_rejections = Counter(
     "gateway_auth_rejections_total",
@@ -124,6 +125,11 @@ def _verify_uncached(token: str) -> dict[str, Any]:
         raise _denied("missing_claim", f"The token lacks the {exc.claim!r} claim.") from exc
     except jwt.InvalidTokenError as exc:
         raise _denied("invalid", "The token is invalid.") from exc
+    # PyJWT compares int(claim), so "9999999999" (a string) or true passes its checks; the claims
+    # must be JSON numbers (RFC 7519 NumericDate) before this module compares them with the clock.
+    for name in TIME_CLAIMS:
+        if name in claims and not _is_numeric_date(claims[name]):
+            raise _denied("invalid", f"The token's {name!r} claim is not a number.")
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise _denied("missing_claim", "The token's subject is invalid.")
     tenant_id = claims.get("tenant_id")
@@ -132,6 +138,10 @@ def _verify_uncached(token: str) -> dict[str, Any]:
     if "permissions" in claims and _claim_permissions(claims["permissions"]) is None:
         raise _denied("invalid", "The token's permissions claim is invalid.")
     return claims
+
+
+def _is_numeric_date(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _claim_permissions(value: Any) -> frozenset[str] | None:

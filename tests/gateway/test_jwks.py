@@ -175,3 +175,32 @@ def test_internal_jwks_rotated_endpoint_needs_the_secret(client, token_service, 
 
     assert response.status_code == 401
     assert token_service.fetch_count == 0
+
+
+def test_cold_start_with_the_token_service_down_fetches_at_most_once_per_backoff(token_service):
+    from common.errors import ServiceUnavailable
+
+    token_service.jwks_status = 503
+    with freeze_time("2030-01-01 12:00:00") as clock:
+        for _ in range(20):
+            with pytest.raises(ServiceUnavailable):
+                token_authenticate(authorization=token_service.bearer())
+        assert token_service.fetch_count == 1
+
+        clock.tick(6)  # past the short negative cache (a few seconds)
+        token_service.jwks_status = 200
+        assert _ok(token_service) == "user-1"
+        assert token_service.fetch_count == 2
+
+
+def test_unknown_kid_with_the_token_service_down_is_401_when_a_key_set_is_known(token_service):
+    _ok(token_service)
+    token_service.rotate()  # tokens now carry a kid this process has never seen
+    token_service.jwks_status = 503
+
+    with pytest.raises(NotAuthenticated) as caught:
+        token_authenticate(authorization=token_service.bearer())
+
+    assert caught.value.to_response().status_code == 401
+    assert caught.value.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert token_service.fetch_count == 2  # the refetch was tried (and failed)

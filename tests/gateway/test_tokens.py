@@ -167,3 +167,15 @@ def test_metrics_count_rejections_by_reason_and_jwks_fetches(client, token_servi
     assert figure(after, name, labels) - figure(before, name, labels) == 2
     fetches = 'outcome="ok",reason="cold"'
     assert figure(after, "gateway_jwks_fetches_total", fetches) >= 1
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", "9999999999"), ("nbf", "1000000000"), ("iat", "1000000000"), ("nbf", True)],
+)
+def test_time_claims_that_are_not_numbers_are_refused(token_service, claim, value):
+    # PyJWT accepts anything int() takes ("9999999999"); a later comparison with a float would 500.
+    token = token_service.token(**{claim: value})
+
+    for _ in range(2):  # the second time would come from the verified-token cache
+        _invalid(token_service, token)

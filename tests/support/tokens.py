@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 import jwt
 import pytest
@@ -70,6 +70,8 @@ class TokenService:
         self.fetch_count = 0
         self.introspection_count = 0
         self.inactive_jtis: set[str] = set()
+        # (client_id, client_secret) introspection demands (HTTP Basic), or None: anyone may ask.
+        self.introspection_client: tuple[str, str] | None = None
         self.jwks_status = 200  # set to 503 to make the JWKS endpoint fail
         self.server = server
         server.requests.clear()
@@ -204,7 +206,31 @@ class TokenService:
             self.inactive_jtis.add(jti)
 
     def enable_introspection(self) -> None:
+        """Point `TOKEN_INTROSPECT_URL` (and the client credentials, when required) at this service."""
         self._settings.TOKEN_INTROSPECT_URL = self.introspect_url
+        client_id, client_secret = self.introspection_client or ("", "")
+        self._settings.TOKEN_INTROSPECT_CLIENT_ID = client_id
+        self._settings.TOKEN_INTROSPECT_CLIENT_SECRET = client_secret
+
+    def require_introspection_client(self, client_id: str, client_secret: str) -> None:
+        """Introspection answers 401 unless the caller authenticates as this client (HTTP Basic,
+        RFC 6749 §2.3.1: both parts form-urlencoded before base64). Call before `enable_introspection`."""
+        with self._lock:
+            self.introspection_client = (client_id, client_secret)
+
+    def _introspection_client_ok(self, request: RecordedRequest) -> bool:
+        with self._lock:
+            expected = self.introspection_client
+        if expected is None:
+            return True
+        scheme, _, encoded = (request.header("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            client_id, _, client_secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return (unquote_plus(client_id), unquote_plus(client_secret)) == expected
 
     @property
     def env(self) -> dict[str, str]:
@@ -228,6 +254,12 @@ class TokenService:
         if request.method == "POST" and path == "/introspect":
             with self._lock:
                 self.introspection_count += 1
+            if not self._introspection_client_ok(request):
+                return Reply(
+                    401,
+                    b'{"error":"invalid_client"}',
+                    [("Content-Type", "application/json"), ("WWW-Authenticate", 'Basic realm="tokens"')],
+                )
             form = parse_qs(request.body.decode())
             token = (form.get("token") or [""])[0]
             try:
