@@ -1,19 +1,24 @@
-"""Correlation id and problem+json for everything outside DRF (404, 500, …)."""
+"""Correlation id and problem+json for everything outside DRF (404, 500, …), DEBUG or not."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import get_resolver, get_urlconf
+from django.views.debug import ExceptionReporter
 
 from common.correlation import accept_correlation_id, reset_correlation_id, set_correlation_id
-from common.errors import ApplicationError, problem_response
+from common.errors import PROBLEM_CONTENT_TYPE, ApplicationError, problem_response
 
 logger = logging.getLogger("gatehouse.errors")
 CORRELATION_HEADER = "X-Correlation-ID"
+# Where the exception behind one of Django's DEBUG pages is kept for ProblemDetailsMiddleware.
+_DEBUG_EXCEPTION_ATTR = "_problem_debug_exception"
 
 
 class CorrelationIdMiddleware:
@@ -35,17 +40,66 @@ class CorrelationIdMiddleware:
             reset_correlation_id(token)
 
 
+class _SilentExceptionReporter(ExceptionReporter):
+    """Stands in for Django's technical 500 page (DEBUG only): renders nothing, keeps the error.
+
+    Django converts an exception escaping a middleware or the URL resolver into a response
+    right where it happens, so no outer middleware ever sees the exception; with DEBUG on, that
+    response is the HTML traceback page, built by the request's `exception_reporter_class`.
+    """
+
+    def __init__(self, request: HttpRequest | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(request, *args, **kwargs)
+        if request is not None:
+            setattr(request, _DEBUG_EXCEPTION_ATTR, self.exc_value)
+
+    def get_traceback_html(self) -> str:
+        return ""
+
+    def get_traceback_text(self) -> str:
+        return ""
+
+
 class ProblemDetailsMiddleware:
-    """Turns uncaught exceptions and Django's HTML error pages into problem+json."""
+    """Turns uncaught exceptions and Django's error pages into problem+json, whatever DEBUG says.
+
+    With DEBUG off, Django answers errors it converts itself through the `handlerNNN` views of
+    the URLconf (common.views, problem+json). With DEBUG on it would answer with its technical
+    pages (URL patterns, settings, tracebacks) instead; those are replaced here by what the
+    same handlers answer, so SPEC §2 holds in every environment.
+    """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        request.exception_reporter_class = _SilentExceptionReporter  # type: ignore[attr-defined]
+        response = self.get_response(request)
+        if response.status_code < 400 or response.get("Content-Type") == PROBLEM_CONTENT_TYPE:
+            return response
+        exception = request.__dict__.pop(_DEBUG_EXCEPTION_ATTR, None)
+        if exception is not None:
+            return _handler_response(request, response, exception)
+        if response.status_code == 404 and getattr(request, "resolver_match", None) is None:
+            # No URL pattern matched (Resolver404): Django's DEBUG page lists every pattern.
+            return _handler_response(request, response, None)
+        return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         return exception_to_problem(request, exception)
+
+
+def _handler_response(
+    request: HttpRequest, replaced: HttpResponseBase, exception: Exception | None
+) -> HttpResponseBase:
+    """What the URLconf's error handler answers for `replaced`'s status, as with DEBUG off."""
+    status = replaced.status_code
+    handler = get_resolver(get_urlconf()).resolve_error_handler(status)
+    response = handler(request) if status == 500 else handler(request, exception=exception)
+    # Django already logged the error (with its traceback) when it built the page replaced here.
+    if getattr(replaced, "_has_been_logged", False):
+        response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 def exception_to_problem(request: HttpRequest, exception: Exception) -> HttpResponse:

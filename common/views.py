@@ -24,3 +24,13 @@ def server_error(request: HttpRequest) -> HttpResponse:
         title="Internal server error",
         detail="An unexpected error occurred.",
     )
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: a rejected admin form post answers problem+json, not Django's HTML page."""
+    return problem_response(
+        status=403,
+        slug="csrf-failed",
+        title="CSRF verification failed",
+        detail=reason or "CSRF verification failed.",
+    )

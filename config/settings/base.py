@@ -141,6 +141,12 @@ SPECTACULAR_SETTINGS = {
 
 # --- Errors ---------------------------------------------------------------------------------
 PROBLEM_TYPE_BASE = env("PROBLEM_TYPE_BASE", default="https://gatehouse.dev/problems/")
+# A rejected form post (admin) answers problem+json like every other error, not an HTML page.
+CSRF_FAILURE_VIEW = "common.views.csrf_failure"
+
+# --- First admin user (`manage.py ensure_admin`, run by scripts/run) ----------------------------
+ADMIN_USERNAME = env("ADMIN_USERNAME", default="admin")
+ADMIN_PASSWORD = env("ADMIN_PASSWORD", default="")  # empty: a random one is generated and printed
 
 # --- Gateway --------------------------------------------------------------------------------
 GATEWAY_PREFIX = "/gw"
