@@ -6,6 +6,8 @@ names are computed once per process and reused.
 
 from __future__ import annotations
 
+import http.client
+import io
 import itertools
 import logging
 import random
@@ -18,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -68,9 +72,88 @@ BUFFER_LIMIT_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
 _MIN_ATTEMPT_SECONDS = 0.01
 
+
+# --- A hard deadline for the response head and a buffered body --------------------------------
+# urllib3's read timeout bounds each socket read, not their sum: an upstream sending its status
+# line and headers (or a small body) one byte at a time would never trip it. The connections below
+# read through a `_BudgetReader`, whose every read may only wait for what is left of the budget.
+
+
+class _BudgetReader(io.RawIOBase):
+    """The socket's reader with one deadline over all its reads, lifted when a body streams.
+
+    The deadline starts from the socket's timeout when the response begins: with
+    `urllib3.Timeout(total=…)` that is exactly what is left of the request's budget.
+    """
+
+    def __init__(self, raw: io.RawIOBase, sock: Any) -> None:
+        self._raw = raw  # the socket's own SocketIO: keeps the descriptor open while it is read
+        self._sock = sock
+        timeout = sock.gettimeout()
+        self.deadline: float | None = None if timeout is None else time.monotonic() + timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the time budget is spent")
+            self._sock.settimeout(remaining)
+        return self._raw.readinto(buffer)
+
+    def stream(self, *, read_timeout: float) -> None:
+        """From now on each read waits up to `read_timeout` (a streamed body has no deadline)."""
+        self.deadline = None
+        self._sock.settimeout(read_timeout)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _BudgetHTTPResponse(http.client.HTTPResponse):
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        # Nothing was read yet: take the socket reader out of http.client's buffer and put the
+        # deadline between them.
+        self.budget = _BudgetReader(self.fp.detach(), sock)
+        self.fp = io.BufferedReader(self.budget)
+
+
+class _BudgetResponseMixin:
+    budget: _BudgetReader | None = None
+
+    # http.client calls `self.response_class(self.sock, method=…)`; the connection keeps the
+    # response's reader so the proxy can lift the deadline once it decides to stream.
+    def response_class(self, sock: Any, *args: Any, **kwargs: Any) -> _BudgetHTTPResponse:
+        response = _BudgetHTTPResponse(sock, *args, **kwargs)
+        self.budget = response.budget
+        return response
+
+
+class _BudgetHTTPConnection(_BudgetResponseMixin, HTTPConnection):
+    pass
+
+
+class _BudgetHTTPSConnection(_BudgetResponseMixin, HTTPSConnection):
+    pass
+
+
+class _BudgetHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _BudgetHTTPConnection
+
+
+class _BudgetHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _BudgetHTTPSConnection
+
+
 # One pool per target (scheme, host, port); connections are kept alive between requests.
 # block=False: a burst above maxsize opens extra connections instead of queueing.
 _pools = urllib3.PoolManager(num_pools=512, maxsize=64, block=False, retries=False)
+_pools.pool_classes_by_scheme = {"http": _BudgetHTTPConnectionPool, "https": _BudgetHTTPSConnectionPool}
 _round_robin: dict[tuple[str, ...], Iterator[int]] = {}
 _round_robin_lock = threading.Lock()
 
@@ -281,7 +364,8 @@ def proxy_forward(
             raise GatewayTimeout(f"{service} did not answer within {route.timeout_ms} ms.")
         headers["Host"] = target.host
         started = time.perf_counter()
-        timeout = urllib3.Timeout(connect=remaining, read=remaining)
+        # One deadline for connect, head and a buffered body (total= plus _BudgetReader).
+        timeout = urllib3.Timeout(total=remaining)
         outcome = "error"
         try:
             raw = target.pool.urlopen(
@@ -297,7 +381,7 @@ def proxy_forward(
                 decode_content=False,
             )
             outcome = str(raw.status)
-            response = _read_response(raw, method)
+            response = _read_response(raw, method, stream_read_timeout=remaining)
         except NewConnectionError as exc:
             # Refused / unreachable before one byte went out: safe to retry for every method.
             # (A connect *timeout* is ConnectTimeoutError proper: the budget is spent, see below.)
@@ -349,7 +433,8 @@ def _backoff(attempt: int, deadline: float) -> bool:
     return True
 
 
-def _read_response(raw: urllib3.HTTPResponse, method: str) -> UpstreamResponse:
+def _read_response(raw: urllib3.HTTPResponse, method: str, *, stream_read_timeout: float) -> UpstreamResponse:
+    """Read a small body whole, still within the deadline; hand a large one over as a stream."""
     headers = response_headers(raw)
     length = raw.headers.get("Content-Length")
     small = length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT_BYTES
@@ -362,6 +447,10 @@ def _read_response(raw: urllib3.HTTPResponse, method: str) -> UpstreamResponse:
             raise
         raw.release_conn()
         return UpstreamResponse(status=raw.status, reason=raw.reason or "", headers=headers, body=body)
+    # Streamed: the budget covered the head; each later read may wait what the attempt had left.
+    budget = getattr(raw.connection, "budget", None)
+    if budget is not None:
+        budget.stream(read_timeout=stream_read_timeout)
     return UpstreamResponse(
         status=raw.status, reason=raw.reason or "", headers=headers, stream=UpstreamStream(raw)
     )

@@ -152,6 +152,33 @@ def test_upstream_answer_is_passed_through(client, http_server_factory):
     assert response.content == b'{"error":"no user"}'
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"small" * 10, b"L" * (300 * 1024), (b"chunked-", b"and-", b"closed")],
+    ids=["buffered", "streamed-with-length", "streamed-chunked"],
+)
+def test_upstream_closing_after_its_answer_is_read_to_the_end(client, http_server_factory, body):
+    # `Connection: close`: http.client closes the connection right after the head; the body must
+    # still be read from the socket (the proxy's deadline-aware reader keeps it open until then).
+    def answer(request):
+        # a tuple of chunks: sent chunked, without Content-Length
+        return Reply(200, body if isinstance(body, bytes) else iter(body), headers=[("Connection", "close")])
+
+    upstream = http_server_factory(answer)
+    proxy_route(upstream.url, path="/closing")
+
+    expected = b"".join(body) if isinstance(body, tuple) else body
+
+    first = client.get("/gw/closing")
+    second = client.get("/gw/closing")  # a new connection: the closed one is not reused
+
+    for response in (first, second):
+        assert response.status_code == 200
+        content = b"".join(response.streaming_content) if response.streaming else response.content
+        assert content == expected
+    assert len(upstream.requests) == 2
+
+
 def test_response_without_content_type_gets_none_added(client, http_server_factory):
     upstream = http_server_factory(lambda request: Reply(200, b"raw"))
     proxy_route(upstream.url, path="/raw")
