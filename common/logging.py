@@ -9,7 +9,13 @@ from common.correlation import get_correlation_id
 
 class CorrelationIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = get_correlation_id()
+        correlation_id = get_correlation_id()
+        if not correlation_id:
+            # Django logs a request's 4xx/5xx line ("Internal Server Error: /x") after the whole
+            # middleware stack returned, so after the contextvar was reset; the record carries
+            # the request, which carries its id.
+            correlation_id = getattr(getattr(record, "request", None), "correlation_id", "")
+        record.correlation_id = correlation_id
         return True
 
 

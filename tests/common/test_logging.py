@@ -1,0 +1,135 @@
+"""Logs are JSON lines carrying the correlation id (SPEC §7), and the id never outlives its request.
+
+Lines are captured from the handler that settings.LOGGING configures (its JSON formatter and
+correlation filter), by pointing its stream at a buffer for the test.
+"""
+
+import contextvars
+import io
+import json
+import logging
+
+import pytest
+from django.test import Client, RequestFactory
+
+from common.correlation import get_correlation_id
+from common.logging import CorrelationIdFilter, JsonFormatter
+from gateway import views as gateway_views
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def log_lines():
+    """Returns a function giving the JSON lines written so far by the configured console handler."""
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler.formatter, JsonFormatter)
+        and any(isinstance(f, CorrelationIdFilter) for f in handler.filters)
+    ]
+    assert len(handlers) == 1, "settings.LOGGING should give the root logger one JSON handler"
+    handler = handlers[0]
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    try:
+        yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    finally:
+        handler.setStream(previous)
+
+
+@pytest.mark.urls("tests.common.faults")
+def test_log_lines_of_a_request_are_json_with_its_correlation_id(log_lines):
+    # given a plain Django view that crashes (logged by the error middleware and by Django)
+    web = Client(raise_request_exception=False)
+
+    # when
+    response = web.get("/boom", HTTP_X_CORRELATION_ID="log-corr-1")
+
+    # then the client gets problem+json with the id …
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["correlation_id"] == "log-corr-1"
+    # … and every line logged meanwhile is JSON carrying the same id, the traceback included
+    lines = log_lines()
+    assert lines, "the crash should have been logged"
+    assert {line["correlation_id"] for line in lines} == {"log-corr-1"}
+    crash = next(line for line in lines if line["logger"] == "gatehouse.errors")
+    assert crash["level"] == "ERROR"
+    assert "unhandled error on GET /boom" in crash["message"]
+    assert "Boom" in crash["exc_info"]
+
+
+def call_lean_gateway(path: str, **headers: str) -> tuple[str, dict[str, str], bytes]:
+    """One request through the production `/gw` entrance (config/wsgi.py's GatewayDispatch)."""
+    environ = RequestFactory().get(path, **headers).environ
+    started: dict[str, object] = {}
+
+    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
+        started.update(status=status, headers=dict(response_headers))
+
+    body_iterable = gateway_views.GatewayDispatch(lambda env, start: [])(environ, start_response)
+    try:
+        body = b"".join(body_iterable)
+    finally:
+        body_iterable.close()
+    return started["status"], started["headers"], body  # type: ignore[return-value]
+
+
+def test_unexpected_error_in_the_lean_gateway_entrance_is_problem_json_and_logged(monkeypatch, log_lines):
+    def crash(request):
+        raise RuntimeError("a bug in the pipeline")
+
+    monkeypatch.setattr(gateway_views, "gateway_handle", crash)
+
+    status, headers, body = call_lean_gateway("/gw/anything", HTTP_X_CORRELATION_ID="lean-corr-1")
+
+    assert status.startswith("500")
+    assert headers["Content-Type"] == "application/problem+json"
+    assert headers["X-Correlation-ID"] == "lean-corr-1"
+    problem = json.loads(body)
+    assert problem["correlation_id"] == "lean-corr-1"
+    assert b"a bug in the pipeline" not in body and b"Traceback" not in body
+    crash_line = next(line for line in log_lines() if line["logger"] == "gatehouse.gateway")
+    assert crash_line["correlation_id"] == "lean-corr-1"
+    assert "RuntimeError" in crash_line["exc_info"]
+
+
+def in_fresh_context(work):  # type: ignore[no-untyped-def]
+    """Run `work` in an empty context: whatever earlier tests left in this thread cannot interfere."""
+    return contextvars.Context().run(work)
+
+
+def test_correlation_id_does_not_leak_between_requests_through_django(client, log_lines):
+    def work():
+        first = client.get("/healthz", HTTP_X_CORRELATION_ID="first-request")
+        second = client.get("/healthz")
+        logging.getLogger("tests.after").warning("written after the requests")
+        return first, second, get_correlation_id()
+
+    first, second, current = in_fresh_context(work)
+
+    assert first["X-Correlation-ID"] == "first-request"
+    assert second["X-Correlation-ID"] != "first-request"
+    assert len(second["X-Correlation-ID"]) == 32  # a new one was minted
+    assert current == ""
+    after = [line for line in log_lines() if line["logger"] == "tests.after"]
+    assert after == [after[0]] and after[0]["correlation_id"] == ""
+
+
+def test_correlation_id_does_not_leak_between_requests_through_the_lean_gateway(log_lines):
+    def work():
+        first = call_lean_gateway("/gw/no-route", HTTP_X_CORRELATION_ID="first-gw-request")
+        second = call_lean_gateway("/gw/no-route")
+        logging.getLogger("tests.after").warning("written after the requests")
+        return first, second, get_correlation_id()
+
+    (_, first_headers, first_body), (_, second_headers, second_body), current = in_fresh_context(work)
+
+    assert first_headers["X-Correlation-ID"] == "first-gw-request"
+    assert json.loads(first_body)["correlation_id"] == "first-gw-request"
+    assert second_headers["X-Correlation-ID"] not in ("", "first-gw-request")
+    assert json.loads(second_body)["correlation_id"] == second_headers["X-Correlation-ID"]
+    assert current == ""
+    after = [line for line in log_lines() if line["logger"] == "tests.after"]
+    assert after[0]["correlation_id"] == ""
