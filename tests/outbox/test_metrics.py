@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -16,7 +15,7 @@ from django.db import connection, transaction
 from common.metrics import render_metrics
 from outbox.services import outbox_publish
 from tests.outbox.conftest import ROOT
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_healthy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,17 +51,7 @@ def serve_process():
             },
         )
         processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"scripts/serve exited with {process.returncode}")
-            try:
-                if requests.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                    return url
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("scripts/serve did not become healthy in 60 s")
+        return wait_healthy(process, f"http://127.0.0.1:{port}")
 
     yield start
     for process in processes:

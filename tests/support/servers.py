@@ -160,6 +160,20 @@ def server_command(port: int) -> list[str]:
     ]
 
 
+def wait_healthy(process: subprocess.Popen, url: str, seconds: float = 60) -> str:
+    """`url` once its /healthz answers 200; fails early if the server process exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server process {process.args!r} exited with {process.returncode}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                return url
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"server process {process.args!r} did not become healthy in {seconds:.0f} s")
+
+
 @pytest.fixture
 def gateway_process_factory():
     from django.db import connection
@@ -179,17 +193,7 @@ def gateway_process_factory():
         }
         process = subprocess.Popen(server_command(port), cwd=ROOT, env=env)
         processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server process exited with {process.returncode}")
-            try:
-                if requests.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                    return url
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("server process did not become healthy in 60 s")
+        return wait_healthy(process, f"http://127.0.0.1:{port}")
 
     yield start
     for process in processes:
