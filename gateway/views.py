@@ -199,11 +199,12 @@ def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> Http
     match = route_resolve(method=method, path=path)
     route = match.route
     route_label[0] = route.path
-    body = _read_body(request)
     query_string = meta.get("QUERY_STRING", "")
     identity = request_identity(
         authorization=meta.get("HTTP_AUTHORIZATION"), match=match, query_string=query_string
     )
+    # Only once the caller is known: an anonymous client must not make the gateway buffer a body.
+    body = _read_body(request)
     use_cache = response_cache_applies(route=route, method=method)
     if use_cache:
         cached = response_cache_get(

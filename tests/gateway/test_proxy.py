@@ -307,3 +307,42 @@ def tcp_garbage_server():
     yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     stop.set()
     listener.close()
+
+
+def test_body_of_a_request_refused_by_auth_is_never_read(http_server_factory):
+    import io
+    import sys
+
+    from config.wsgi import application
+
+    class UnreadableBody(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:  # noqa: ANN001
+            raise AssertionError("the gateway read the body of an unauthenticated request")
+
+    upstream = http_server_factory()
+    proxy_route(upstream.url, path="/private", auth_required=True)
+    statuses: list[str] = []
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/gw/private",
+        "RAW_URI": "/gw/private",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/octet-stream",
+        "CONTENT_LENGTH": str(5 * 1024 * 1024),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BufferedReader(UnreadableBody()),
+        "wsgi.errors": sys.stderr,
+    }
+
+    body = b"".join(application(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+
+    assert statuses[0].startswith("401")
+    assert json.loads(body)["status"] == 401
+    assert upstream.requests == []
