@@ -14,8 +14,8 @@ CHUNK = bytes(range(256)) * 256  # 64 KiB
 CHUNKS = 800  # 50 MiB
 
 
-def big_body():
-    for _ in range(CHUNKS):
+def big_body(chunks: int = CHUNKS):
+    for _ in range(chunks):
         yield CHUNK
 
 
@@ -24,8 +24,12 @@ def test_50_mb_response_streams_without_the_gateway_growing(http_server_factory,
     # given
     upstream = http_server_factory(
         lambda request: (
-            Reply(200, big_body(), headers=[("Content-Type", "application/octet-stream")])
-            if request.path.startswith("/big")
+            Reply(
+                200,
+                big_body(CHUNKS if request.path.startswith("/big") else 16),  # 50 MiB or 1 MiB
+                headers=[("Content-Type", "application/octet-stream")],
+            )
+            if request.path.startswith(("/big", "/medium"))
             else Reply(200, b"small")
         )
     )
@@ -33,6 +37,10 @@ def test_50_mb_response_streams_without_the_gateway_growing(http_server_factory,
     gateway = gateway_process_factory()
     port = int(gateway.rsplit(":", 1)[1])
     assert requests.get(f"{gateway}/gw/warm-up", timeout=10).content == b"small"
+    # Warm the streaming path itself in both workers (first use allocates: imports, buffers), so
+    # the peak below measures what the 50 MiB costs, not the path's one-time start-up.
+    for _ in range(8):
+        assert len(requests.get(f"{gateway}/gw/medium", timeout=10).content) == 16 * len(CHUNK)
     pids = server_pids(port)
     assert pids, "the gateway's server processes were not found"
     peak_before = {pid: status_kb(pid, "VmHWM") for pid in pids}
@@ -49,8 +57,12 @@ def test_50_mb_response_streams_without_the_gateway_growing(http_server_factory,
     # then: every byte arrived, and no process's peak memory grew by more than a few MB
     assert received == CHUNKS * len(CHUNK)
     assert digest.hexdigest() == hashlib.sha256(CHUNK * CHUNKS).hexdigest()
+    # A gateway that buffers grows by at least the body (50 MiB). A streaming one grew by
+    # 2-8 MB in most runs and by 10-15 MB in about one run in six, before and after the deadline
+    # reader went in (glibc arenas capped at 2 did not change that): the bound sits above that
+    # noise and far below the body.
     growth_mb = max(status_kb(pid, "VmHWM") - peak_before[pid] for pid in pids) / 1024
-    assert growth_mb < 8, f"peak memory grew by {growth_mb:.1f} MB"
+    assert growth_mb < 20, f"peak memory grew by {growth_mb:.1f} MB"
 
 
 @pytest.mark.django_db
