@@ -78,6 +78,24 @@ class Route(models.Model):
         return f"{','.join(self.methods)} {self.path}"
 
 
+class RoutesVersion(models.Model):
+    """One row, bumped in the transaction of every route or service change.
+
+    The database's own "routes changed" signal, polled by processes that cannot hear the Redis
+    invalidation messages (embedded mode with several workers, or Redis down), so a change still
+    reaches them within a fraction of a second.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    version = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "gateway_routes_version"
+
+    def __str__(self) -> str:
+        return f"routes version {self.version}"
+
+
 class RevokedToken(models.Model):
     """A revoked token's `jti`, kept until the token would have expired anyway.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 
-from gateway.models import Route, Service, ServiceTarget
+from gateway.models import Route, RoutesVersion, Service, ServiceTarget
 from gateway.types import ResolvedRoute
 
 
@@ -72,3 +72,8 @@ def route_overlapping(*, path: str, methods: list[str], exclude_id: int | None =
     if exclude_id is not None:
         queryset = queryset.exclude(pk=exclude_id)
     return [route for route in queryset if wanted & set(route.methods or [])]
+
+
+def routes_version_get() -> int:
+    """The database's routes version (0 before the first change)."""
+    return RoutesVersion.objects.filter(pk=1).values_list("version", flat=True).first() or 0

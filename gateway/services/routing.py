@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +28,12 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import DatabaseError, transaction
+from django.db.models import F
 
 from common.errors import ApplicationError, ServiceUnavailable
 from common.local_cache import LocalTTLCache
-from gateway.models import HTTP_METHODS
+from gateway.models import HTTP_METHODS, RoutesVersion
 from gateway.services.cache_stats import cache_hit, cache_miss
 from gateway.services.invalidation import (
     invalidation_listener_connected,
@@ -433,6 +435,13 @@ _tables = LocalTTLCache("routes-table", ttl_seconds=_TABLE_MAX_AGE_SECONDS, max_
 _build_lock = threading.Lock()
 _generation_lock = threading.Lock()
 _generation = 0
+# Without the message bus, the database's routes version is read at most this often (by one
+# request thread at a time) and a change drops this process's table and matches: propagation
+# well under a second without Redis, for one tiny query per interval per process.
+_DB_VERSION_POLL_SECONDS = 0.25
+_db_version_poll_lock = threading.Lock()
+_db_version_next_poll = 0.0
+_db_version_of_table: int | None = None  # read before the rows of the current table
 
 
 def _shared_key(normalised: str, method: str) -> str:
@@ -453,12 +462,15 @@ def route_table() -> RouteTable:
         if table is not None:
             return table
         generation = _generation
-        # Read the version before the rows: entries tagged with it are then never newer than it.
+        # Read the versions before the rows: the table is then never newer than them.
         version = shared_cache_call(lambda: int(cache.get(VERSION_KEY) or 0), -1)
-        from gateway.selectors import route_resolved_list
+        from gateway.selectors import route_resolved_list, routes_version_get
 
+        db_version = routes_version_get()
         table = RouteTable(route_resolved_list(), version=version)
         if generation == _generation:
+            global _db_version_of_table
+            _db_version_of_table = db_version
             ttl = _TABLE_MAX_AGE_SECONDS if _bus_live() else _DEGRADED_TABLE_MAX_AGE_SECONDS
             _tables.set("table", table, ttl)
         return table
@@ -510,6 +522,8 @@ def route_resolve(*, method: str, path: str) -> RouteMatch:
     Raises PathOutsideRoot (400), RouteNotFound (404), MethodNotAllowed (405, `Allow` header) or
     NoUpstream (503: the route's service is disabled or has no enabled target).
     """
+    if time.monotonic() >= _db_version_next_poll:
+        _db_version_poll()
     key = (method, path)
     result = _matches.get(key)
     if result is None:
@@ -564,6 +578,35 @@ def _routes_changed(payload: dict) -> None:
         shared_cache_call(lambda: shared_cache_delete_pattern("routes:*"), 0)
 
 
+def _db_version_poll() -> None:
+    """Drop this process's layers when the database's routes version moved since the table was
+    built. Only while the message bus is not live; one thread polls, the others go on."""
+    global _db_version_next_poll
+    if not _db_version_poll_lock.acquire(blocking=False):
+        return
+    try:
+        _db_version_next_poll = time.monotonic() + _DB_VERSION_POLL_SECONDS
+        if _db_version_of_table is None or _bus_live():
+            return
+        from gateway.selectors import routes_version_get
+
+        try:
+            version = routes_version_get()
+        except DatabaseError:
+            return  # the short degraded TTLs still bound how stale the table gets
+        if version != _db_version_of_table:
+            _routes_changed({})
+    finally:
+        _db_version_poll_lock.release()
+
+
+def _db_version_bump() -> None:
+    """In the caller's transaction: the change and the new version commit together."""
+    if not RoutesVersion.objects.filter(pk=1).update(version=F("version") + 1):
+        # The row is created by the migration; recreated here if it was deleted (test flushes).
+        RoutesVersion.objects.bulk_create([RoutesVersion(pk=1, version=1)], ignore_conflicts=True)
+
+
 def _shared_version_bump() -> int:
     cache.add(VERSION_KEY, 0, timeout=None)
     return int(cache.incr(VERSION_KEY))
@@ -572,12 +615,17 @@ def _shared_version_bump() -> int:
 def route_cache_invalidate() -> None:
     """After the current transaction commits: new routes version, shared `routes:` entries
     dropped, and every process told to drop its table and local layer."""
-    transaction.on_commit(route_cache_invalidate_now, robust=True)
+    _db_version_bump()
+    transaction.on_commit(_route_cache_invalidate_shared, robust=True)
 
 
 def route_cache_invalidate_now() -> None:
     """`route_cache_invalidate` without waiting for a commit (commands, test factories)."""
+    _db_version_bump()
+    _route_cache_invalidate_shared()
 
+
+def _route_cache_invalidate_shared() -> None:
     version = shared_cache_call(_shared_version_bump, -1)
     shared_cache_call(lambda: shared_cache_delete_pattern("routes:*"), 0)
     _routes_changed({"version": version})  # this process at once, even inside a transaction
