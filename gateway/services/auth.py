@@ -11,24 +11,18 @@ from dataclasses import replace
 from urllib.parse import parse_qs
 
 from common.errors import PermissionDenied
+from gateway.services import headers as header_rules
 from gateway.services.conditions import condition_check
 from gateway.services.rbac import rbac_permissions
 from gateway.services.tokens import token_authenticate
 from gateway.types import Identity, RouteMatch
 
-USER_ID_HEADER = "X-User-ID"
-TENANT_ID_HEADER = "X-Tenant-ID"
-PERMISSIONS_HEADER = "X-User-Permissions"
-IDENTITY_HEADERS = (USER_ID_HEADER, TENANT_ID_HEADER, PERMISSIONS_HEADER)
+IDENTITY_HEADERS = header_rules.IDENTITY_HEADERS
 
 
 def identity_headers(identity: Identity) -> dict[str, str]:
     """The headers the upstream receives for `identity` (permissions: sorted, comma-separated)."""
-    return {
-        USER_ID_HEADER: identity.user_id,
-        TENANT_ID_HEADER: identity.tenant_id,
-        PERMISSIONS_HEADER: ",".join(sorted(identity.permissions)),
-    }
+    return dict(header_rules.identity_headers(identity=identity))
 
 
 def request_identity(

@@ -32,6 +32,7 @@ from urllib3.util import SKIP_HEADER
 
 from common.errors import ApplicationError
 from gateway import metrics
+from gateway.services import headers as header_rules
 from gateway.services.circuit import (
     circuit_allow,
     circuit_record_failure,
@@ -46,24 +47,6 @@ logger = logging.getLogger("gatehouse.proxy")
 # Methods whose repetition is harmless (RFC 9110 §9.2.2), retried on any upstream failure.
 RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
-)
-IDENTITY_HEADERS = ("X-User-ID", "X-Tenant-ID", "X-User-Permissions")
-# Headers the gateway sets itself; a client's copy is never forwarded as is.
-_REPLACED = frozenset(
-    {
-        "host",
-        "content-length",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-correlation-id",
-        "expect",  # the server in front of us already answered any 100-continue
-        "proxy",  # httpoxy: a `Proxy` request header must never reach a CGI-style upstream
-        *(name.lower() for name in IDENTITY_HEADERS),
-    }
-)
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 1.0
 # Bodies up to this size (with a Content-Length) are read whole: cacheable, replayable, and
@@ -190,19 +173,22 @@ def _target(base: str) -> _Target:
 
 
 @lru_cache(maxsize=1024)
-def _header_name(meta_key: str) -> tuple[str, str]:
-    """HTTP_X_USER_ID → ("X-User-Id", "x-user-id")."""
-    name = "-".join(part.capitalize() for part in meta_key[5:].split("_"))
-    return name, name.lower()
+def _header_name(meta_key: str) -> str:
+    """HTTP_X_USER_ID → "X-User-Id"."""
+    return "-".join(part.capitalize() for part in meta_key[5:].split("_"))
 
 
-@lru_cache(maxsize=256)
-def _connection_tokens(value: str) -> frozenset[str]:
-    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+def meta_header_pairs(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A WSGI environ's request headers as (name, value) pairs, for `gateway.services.headers`.
 
-
-def _is_hop_by_hop(lower: str, named: frozenset[str]) -> bool:
-    return lower in HOP_BY_HOP or lower.startswith("proxy-") or lower in named
+    The WSGI server has already folded repeated request headers into one comma-joined value
+    (equivalent per RFC 9110 §5.3), so one pair per name holds them faithfully.
+    """
+    pairs = [(_header_name(key), value) for key, value in meta.items() if key.startswith("HTTP_")]
+    content_type = meta.get("CONTENT_TYPE")
+    if content_type:
+        pairs.append(("Content-Type", content_type))
+    return pairs
 
 
 def upstream_request_headers(
@@ -212,48 +198,29 @@ def upstream_request_headers(
     identity: Identity | None,
     correlation_id: str,
 ) -> dict[str, str]:
-    """Headers to send upstream, built from a WSGI environ / Django request.META.
-
-    The WSGI server has already folded repeated request headers into one comma-joined value
-    (equivalent per RFC 9110 §5.3), so a dict holds them faithfully.
-    """
-    named = _connection_tokens(meta.get("HTTP_CONNECTION", ""))
-    headers: dict[str, str] = {"Host": target_host}
-    for key, value in meta.items():
-        if not key.startswith("HTTP_"):
-            continue
-        name, lower = _header_name(key)
-        if lower in _REPLACED or _is_hop_by_hop(lower, named):
-            continue
-        headers[name] = value
-    content_type = meta.get("CONTENT_TYPE")
-    if content_type:
-        headers["Content-Type"] = content_type
+    """Headers to send upstream from a WSGI environ / request.META (rules: gateway.services.headers)."""
+    headers = dict(
+        header_rules.upstream_request_headers(
+            client_headers=meta_header_pairs(meta),
+            peer=meta.get("REMOTE_ADDR") or "",
+            scheme=meta.get("wsgi.url_scheme", "http"),
+            host=meta.get("HTTP_HOST") or meta.get("SERVER_NAME", ""),
+            identity=identity,
+            correlation_id=correlation_id,
+            target_host=target_host,
+        )
+    )
     # A transparent hop: urllib3 / http.client must not add headers the client did not send.
     if "User-Agent" not in headers:
         headers["User-Agent"] = SKIP_HEADER
     if "Accept-Encoding" not in headers:
         headers["Accept-Encoding"] = SKIP_HEADER
-    remote = meta.get("REMOTE_ADDR") or ""
-    forwarded_for = meta.get("HTTP_X_FORWARDED_FOR")
-    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
-    # What this hop saw, never what the client claims it saw.
-    headers["X-Forwarded-Proto"] = meta.get("wsgi.url_scheme", "http")
-    headers["X-Forwarded-Host"] = meta.get("HTTP_HOST") or meta.get("SERVER_NAME", "")
-    headers["X-Correlation-ID"] = correlation_id
-    if identity is not None:
-        headers["X-User-ID"] = identity.user_id
-        headers["X-Tenant-ID"] = identity.tenant_id
-        headers["X-User-Permissions"] = ",".join(sorted(identity.permissions))
     return headers
 
 
 def response_headers(raw: urllib3.HTTPResponse) -> list[tuple[str, str]]:
     """The upstream's response headers minus hop-by-hop ones; repeated headers stay repeated."""
-    named = _connection_tokens(raw.headers.get("Connection", ""))
-    return [
-        (name, value) for name, value in raw.headers.iteritems() if not _is_hop_by_hop(name.lower(), named)
-    ]
+    return header_rules.response_headers(upstream_headers=raw.headers.iteritems())
 
 
 class UpstreamResponse:
