@@ -39,10 +39,10 @@ def request_identity(
         return None
     identity = token_authenticate(authorization=authorization)
     if "permissions" not in identity.claims:
-        identity = replace(
-            identity,
-            permissions=rbac_permissions(user_id=identity.user_id, tenant_id=identity.tenant_id),
-        )
+        resolved = rbac_permissions(user_id=identity.user_id, tenant_id=identity.tenant_id)
+        # One that could not travel in X-User-Permissions as it is (a comma…) is not granted.
+        safe = frozenset(p for p in resolved if header_rules.identity_value_is_safe(value=p))
+        identity = replace(identity, permissions=safe)
     if route.required_permission and route.required_permission not in identity.permissions:
         raise PermissionDenied(f"This route requires the {route.required_permission!r} permission.")
     if route.condition:

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 
 from common.errors import NotAuthenticated, ServiceUnavailable
 from common.local_cache import LocalTTLCache
+from gateway.services.headers import identity_value_is_safe
 from gateway.services.jwks import JwksKeyNotFound, JwksUnavailable, jwks_signing_key
 from gateway.types import Identity
 
@@ -137,6 +138,12 @@ def _verify_uncached(token: str) -> dict[str, Any]:
         raise _denied("invalid", "The token's tenant_id is invalid.")
     if "permissions" in claims and _claim_permissions(claims["permissions"]) is None:
         raise _denied("invalid", "The token's permissions claim is invalid.")
+    # Identity values travel to upstreams as header values exactly as signed (X-User-ID,
+    # X-Tenant-ID, X-User-Permissions): one that cannot (non-ASCII, CR/LF, a comma…) is refused.
+    values = [claims["sub"], *([] if tenant_id is None else [str(tenant_id)])]
+    values += _claim_permissions(claims["permissions"]) if "permissions" in claims else ()
+    if not all(identity_value_is_safe(value=value) for value in values):
+        raise _denied("invalid", "The token's sub, tenant_id or permissions hold unsafe characters.")
     return claims
 
 
