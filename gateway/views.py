@@ -32,7 +32,12 @@ from common.correlation import (
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
 from gateway import metrics
 from gateway.services.auth import request_identity
-from gateway.services.proxy import UpstreamResponse, proxy_forward, upstream_request_headers
+from gateway.services.proxy import (
+    UpstreamResponse,
+    meta_header_pairs,
+    proxy_forward,
+    upstream_request_headers,
+)
 from gateway.services.response_cache import (
     response_cache_applies,
     response_cache_get,
@@ -206,9 +211,15 @@ def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> Http
     # Only once the caller is known: an anonymous client must not make the gateway buffer a body.
     body = _read_body(request)
     use_cache = response_cache_applies(route=route, method=method)
+    request_headers = meta_header_pairs(meta) if use_cache else []
     if use_cache:
         cached = response_cache_get(
-            route=route, method=method, path=match.path, query_string=query_string, identity=identity
+            route=route,
+            method=method,
+            path=match.path,
+            query_string=query_string,
+            identity=identity,
+            request_headers=request_headers,
         )
         if cached is not None:
             return _build_response(
@@ -236,6 +247,7 @@ def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> Http
             path=match.path,
             query_string=query_string,
             identity=identity,
+            request_headers=request_headers,
             status=response.status_code,
             headers=list(response.items()),
             body=response.content,  # type: ignore[attr-defined]

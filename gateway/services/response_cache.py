@@ -4,8 +4,12 @@ Key: `responses:{route id}:{route version}:{digest of scope, path and query}`. T
 changes whenever the route or its service is saved, so an edit makes every old entry unreachable
 (tag invalidation without a scan); `response_cache_invalidate(route_id=…)` also deletes a route's
 entries by SCAN, and `gateway_cache flush --kind responses` all of them. The scope is the user and
-tenant for routes that require auth, `public` otherwise, so one user never sees another's
-response. HEAD is answered from the GET entry (without the body); only GET responses are stored.
+tenant (and permissions) for routes that require auth, `public` otherwise, so one user never sees
+another's response. HEAD is answered from the GET entry (without the body); only GET responses are
+stored. What may be served and stored is decided by `gateway.services.cache_rules` (RFC 9111: no
+Cookie, Authorization only with an explicitly shareable answer on public routes, no private /
+no-store / Set-Cookie). A response with `Vary` leaves a marker `("vary", names)` at the key and is
+stored at `{key}:{digest of the request's values for those names}`.
 """
 
 from __future__ import annotations
@@ -18,14 +22,21 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from gateway.services.cache_rules import (
+    HeaderPairs,
+    cache_lookup_allowed,
+    response_storable,
+    vary_digest,
+    vary_names,
+)
 from gateway.services.cache_stats import cache_hit, cache_miss
 from gateway.services.shared_cache import shared_cache_call, shared_cache_delete_pattern
 from gateway.types import Identity, ResolvedRoute
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
-_UNCACHEABLE_DIRECTIVES = ("private", "no-store", "no-cache")
 # Per-request or per-hop headers that must not be replayed from the cache.
 _NOT_STORED = frozenset({"age", "x-correlation-id", "connection", "keep-alive", "transfer-encoding"})
+_VARY_MARKER = "vary"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +59,11 @@ def _key(*, route: ResolvedRoute, path: str, query_string: str, identity: Identi
     if route.auth_required:
         if identity is None:
             return None  # never share a response of an authenticated route
-        scope = f"user:{identity.user_id}\ntenant:{identity.tenant_id}"
+        # Permissions too: what the upstream shows depends on X-User-Permissions.
+        scope = (
+            f"user:{identity.user_id}\ntenant:{identity.tenant_id}\n"
+            f"permissions:{','.join(sorted(identity.permissions))}"
+        )
     else:
         scope = "public"
     digest = hashlib.sha256(f"{scope}\n{path}\n{query_string}".encode()).hexdigest()[:40]
@@ -62,14 +77,25 @@ def response_cache_get(
     path: str,
     query_string: str,
     identity: Identity | None,
+    request_headers: HeaderPairs,
 ) -> CachedResponse | None:
-    """The stored response for this request, or None (not cacheable, miss, or Redis down)."""
+    """The stored response for this request, or None (not cacheable, miss, or Redis down).
+
+    `request_headers`: the client's request headers as (name, value) pairs (for Cookie,
+    Authorization, Cache-Control and the headers a stored response varies on).
+    """
     if not response_cache_applies(route=route, method=method):
+        return None
+    request_headers = list(request_headers)
+    if not cache_lookup_allowed(request_headers=request_headers, shared=not route.auth_required):
         return None
     key = _key(route=route, path=path, query_string=query_string, identity=identity)
     if key is None:
         return None
     stored = shared_cache_call(lambda: cache.get(key), None)
+    if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == _VARY_MARKER:
+        variant = f"{key}:{vary_digest(request_headers=request_headers, names=tuple(stored[1]))}"
+        stored = shared_cache_call(lambda: cache.get(variant), None)
     if not isinstance(stored, tuple) or len(stored) != 4:
         cache_miss("responses")
         return None
@@ -83,20 +109,6 @@ def response_cache_get(
     )
 
 
-def response_cacheable(*, status: int, headers: list[tuple[str, str]], body_size: int) -> bool:
-    if status != 200 or body_size > response_cache_max_bytes():
-        return False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "set-cookie":
-            return False
-        if lower == "cache-control" and any(d in value.lower() for d in _UNCACHEABLE_DIRECTIVES):
-            return False
-        if lower == "vary" and value.strip() == "*":
-            return False
-    return True
-
-
 def response_cache_set(
     *,
     route: ResolvedRoute,
@@ -104,22 +116,39 @@ def response_cache_set(
     path: str,
     query_string: str,
     identity: Identity | None,
+    request_headers: HeaderPairs,
     status: int,
     headers: list[tuple[str, str]],
     body: bytes,
 ) -> None:
-    """Store a GET response when it may be shared (200, no Set-Cookie, not private/no-store,
-    within GATEWAY_RESPONSE_CACHE_MAX_BYTES); anything else is silently not stored."""
+    """Store a GET response when `cache_rules.response_storable` allows it (RFC 9111 §3, §3.5,
+    Vary as a secondary key); anything else is silently not stored."""
     if method != "GET" or not response_cache_applies(route=route, method=method):
         return
-    if not response_cacheable(status=status, headers=headers, body_size=len(body)):
+    request_headers = list(request_headers)
+    if not response_storable(
+        request_headers=request_headers,
+        shared=not route.auth_required,
+        status=status,
+        response_headers=headers,
+        body_size=len(body),
+        max_bytes=response_cache_max_bytes(),
+    ):
         return
     key = _key(route=route, path=path, query_string=query_string, identity=identity)
     if key is None:
         return
+    names = vary_names(response_headers=headers) or ()
     kept = [(name, value) for name, value in headers if name.lower() not in _NOT_STORED]
     value = (status, kept, bytes(body), time.time())
-    shared_cache_call(lambda: cache.set(key, value, route.cache_ttl_seconds), None)
+    ttl = route.cache_ttl_seconds
+    if names:
+        # The primary key says which request headers select the variant; each variant has its own.
+        variant = f"{key}:{vary_digest(request_headers=request_headers, names=names)}"
+        entries = {variant: value, key: (_VARY_MARKER, names)}
+        shared_cache_call(lambda: cache.set_many(entries, ttl), None)
+    else:
+        shared_cache_call(lambda: cache.set(key, value, ttl), None)
 
 
 def response_cache_invalidate(*, route_id: int | None = None) -> None:

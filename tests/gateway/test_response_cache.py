@@ -174,7 +174,7 @@ def test_authenticated_routes_are_cached_per_user_and_tenant():
     alice = Identity(user_id="alice", tenant_id="t1")
     alice_other_tenant = Identity(user_id="alice", tenant_id="t2")
     bob = Identity(user_id="bob", tenant_id="t1")
-    request = {"route": route, "path": "/me/profile", "query_string": ""}
+    request = {"route": route, "path": "/me/profile", "query_string": "", "request_headers": []}
 
     response_cache_set(
         method="GET",
@@ -196,7 +196,14 @@ def test_authenticated_routes_are_cached_per_user_and_tenant():
 def test_only_200_responses_are_stored():
     RouteFactory(path="/public/**", methods=["GET"], auth_required=False, cache_ttl_seconds=60)
     route = route_resolve(method="GET", path="/public/x").route
-    request = {"route": route, "method": "GET", "path": "/public/x", "query_string": "", "identity": None}
+    request = {
+        "route": route,
+        "method": "GET",
+        "path": "/public/x",
+        "query_string": "",
+        "identity": None,
+        "request_headers": [],
+    }
 
     response_cache_set(status=404, headers=[], body=b"missing", **request)
     assert response_cache_get(**request) is None
@@ -216,3 +223,23 @@ def test_redis_down_means_no_cache_not_an_error(settings, counting_upstream, cli
 
     assert client.get("/gw/catalogue/items").status_code == 200
     assert client.get("/gw/catalogue/items").content.startswith(b"n=2")
+
+
+def test_an_auth_route_caches_per_user_with_the_token_and_per_permission_set(
+    client, counting_upstream, token_service
+):
+    RouteFactory(
+        path="/mine/**",
+        methods=["GET"],
+        auth_required=True,
+        cache_ttl_seconds=60,
+        service=ServiceFactory(targets=[counting_upstream.url]),
+    )
+    reader = token_service.auth_header(sub="u-1", tenant_id="t-1", permissions=["a.read"])
+    same_user_again = token_service.auth_header(sub="u-1", tenant_id="t-1", permissions=["a.read"])
+    more_rights = token_service.auth_header(sub="u-1", tenant_id="t-1", permissions=["a.read", "a.admin"])
+
+    assert client.get("/gw/mine/x", **reader).content.startswith(b"n=1")
+    assert client.get("/gw/mine/x", **same_user_again).content.startswith(b"n=1")  # another token
+    assert client.get("/gw/mine/x", **more_rights).content.startswith(b"n=2")
+    assert client.get("/gw/mine/x", HTTP_COOKIE="s=1", **reader).content.startswith(b"n=3")
