@@ -31,6 +31,7 @@ from common.correlation import (
 )
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
 from gateway import metrics
+from gateway.routing import route_resolve, route_upstream_path
 from gateway.services.auth import request_identity
 from gateway.services.proxy import UpstreamResponse, proxy_forward, upstream_request_headers
 from gateway.services.response_cache import (
@@ -38,7 +39,6 @@ from gateway.services.response_cache import (
     response_cache_get,
     response_cache_set,
 )
-from gateway.services.routing import route_resolve, route_upstream_path
 from gateway.types import Identity, RouteMatch
 from idempotency.gateway import gateway_idempotency
 
