@@ -129,7 +129,23 @@ def _raw_path(meta: dict[str, Any]) -> str | None:
     return raw[len(prefix) :] or "/"
 
 
+class IncompleteBody(ValidationFailed):
+    """The client's body ended before its framing said (short Content-Length, broken chunks)."""
+
+    slug, title = "incomplete-body", "Incomplete request body"
+
+
+def _read_input(meta: dict[str, Any], size: int) -> bytes:
+    try:
+        return meta["wsgi.input"].read(size)
+    except Exception as exc:  # the server's framing errors (bad chunk size, EOF mid-chunk…)
+        logger.info("request body unreadable: %s: %s", type(exc).__name__, exc)
+        raise IncompleteBody("The request body is malformed or was cut off.") from None
+
+
 def _read_body(request: HttpRequest) -> bytes:
+    """The whole body, or an error: a body shorter than its Content-Length or a malformed or
+    aborted chunked body is 400 and never reaches the upstream nor completes a key."""
     meta = request.META
     limit = settings.GATEWAY_MAX_BODY_BYTES
     declared = meta.get("CONTENT_LENGTH")
@@ -140,9 +156,11 @@ def _read_body(request: HttpRequest) -> bytes:
             raise ValidationFailed("Content-Length is not a number.") from None
         if length > limit:
             raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
-        body = meta["wsgi.input"].read(length) if length > 0 else b""
+        body = _read_input(meta, length) if length > 0 else b""
+        if len(body) < length:
+            raise IncompleteBody(f"The body ended after {len(body)} of its {length} bytes.")
     elif "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
-        body = meta["wsgi.input"].read(limit + 1)
+        body = _read_input(meta, limit + 1)
         if len(body) > limit:
             raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
     else:
