@@ -31,8 +31,10 @@ from common.correlation import (
 )
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
 from gateway import metrics
+from gateway.models import SAFE_METHODS
 from gateway.routing import route_resolve, route_upstream_path
 from gateway.services.auth import request_identity
+from gateway.services.idempotency import gateway_idempotency
 from gateway.services.proxy import UpstreamResponse, proxy_forward, upstream_request_headers
 from gateway.services.response_cache import (
     response_cache_applies,
@@ -40,11 +42,9 @@ from gateway.services.response_cache import (
     response_cache_set,
 )
 from gateway.types import Identity, RouteMatch
-from idempotency.gateway import gateway_idempotency
 
 logger = logging.getLogger("gatehouse.gateway")
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"  # PATH_INFO is decoded: a literal % must become %25
 

@@ -32,6 +32,7 @@ from urllib3.util import SKIP_HEADER
 
 from common.errors import ApplicationError
 from gateway import metrics
+from gateway.services.auth import IDENTITY_HEADERS
 from gateway.services.circuit import (
     circuit_allow,
     circuit_record_failure,
@@ -49,7 +50,6 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
 )
-IDENTITY_HEADERS = ("X-User-ID", "X-Tenant-ID", "X-User-Permissions")
 # Headers the gateway sets itself; a client's copy is never forwarded as is.
 _REPLACED = frozenset(
     {
