@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -189,34 +190,53 @@ def _proxy(
     return _from_upstream(upstream)
 
 
+@dataclass(slots=True)
+class GatewayResult:
+    """What one request produced: the response and the route label its metrics carry
+    ("unmatched" until a route matched)."""
+
+    response: HttpResponseBase
+    route_label: str = "unmatched"
+
+
 def gateway_handle(request: HttpRequest) -> HttpResponseBase:
     """One request under the prefix; every domain error becomes problem+json. Records metrics."""
     started = time.perf_counter()
     method = request.method or "GET"
-    route_label = ["unmatched"]
-    status = 500  # what the metric says when something unexpected escapes
+    result: GatewayResult | None = None
     try:
-        try:
-            response = _dispatch(request, method, route_label)
-        except ApplicationError as exc:
-            response = exc.to_response()
-        status = response.status_code
-        return response
+        result = gateway_pipeline(request, method)
+        return result.response
     finally:
+        label = result.route_label if result is not None else "unmatched"
+        status = result.response.status_code if result is not None else 500  # something escaped
         metrics.requests_total.labels(
-            route_label[0], method if method in _KNOWN_METHODS else "OTHER", str(status)
+            label, method if method in _KNOWN_METHODS else "OTHER", str(status)
         ).inc()
-        metrics.request_duration.labels(route_label[0]).observe(time.perf_counter() - started)
+        metrics.request_duration.labels(label).observe(time.perf_counter() - started)
 
 
-def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> HttpResponseBase:
+def gateway_pipeline(request: HttpRequest, method: str) -> GatewayResult:
+    """The named steps of one request; a domain error at any step is its problem+json answer
+    (with the route label once the route is known)."""
     meta = request.META
     path = _raw_path(meta)
     if path is None:
-        raise ValidationFailed("Not a gateway path.")
-    match = route_resolve(method=method, path=path)
+        return GatewayResult(ValidationFailed("Not a gateway path.").to_response())
+    try:
+        match = route_resolve(method=method, path=path)
+    except ApplicationError as exc:
+        return GatewayResult(exc.to_response())
+    try:
+        return GatewayResult(_after_route(request, method, match), match.route.path)
+    except ApplicationError as exc:
+        return GatewayResult(exc.to_response(), match.route.path)
+
+
+def _after_route(request: HttpRequest, method: str, match: RouteMatch) -> HttpResponseBase:
+    """identity → body → response cache → idempotency → proxy → response cache store."""
+    meta = request.META
     route = match.route
-    route_label[0] = route.path
     query_string = meta.get("QUERY_STRING", "")
     identity = request_identity(
         authorization=meta.get("HTTP_AUTHORIZATION"), match=match, query_string=query_string

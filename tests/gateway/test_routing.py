@@ -372,3 +372,25 @@ def test_raw_requests_to_a_server_process(gateway_process_factory, http_server_f
     status, _, body = get("/gw/files/a;v=1")  # a parameter on an ordinary segment is kept
     assert (status, body) == (200, b"/files/a;v=1")
     assert [r.path for r in upstream.requests] == ["/files/a/c%20d?x=1", "/files/a;v=1"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_query_string_reaches_the_upstream_byte_for_byte(gateway_process_factory, http_server_factory):
+    """Signed URLs break if a hop re-encodes: `%7e` must not become `%7E` (nor `~`), `+` stays."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from tests.support.servers import Reply
+
+    upstream = http_server_factory(lambda request: Reply(200, request.path.encode()))
+    RouteFactory(
+        path="/files/**", methods=["GET"], auth_required=False, service=ServiceFactory(targets=[upstream.url])
+    )
+    connection = http.client.HTTPConnection(urlsplit(gateway_process_factory()).netloc, timeout=10)
+    connection.request("GET", "/gw/files/x?tilde=%7e&a=%2F+b")
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+
+    assert (response.status, body) == (200, b"/files/x?tilde=%7e&a=%2F+b")
+    assert [r.path for r in upstream.requests] == ["/files/x?tilde=%7e&a=%2F+b"]
