@@ -11,6 +11,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from gateway.models import HTTP_METHODS, RevokedToken, Route, Service, ServiceTarget
+from gateway.routing import service_target_url_errors
 from gateway.services.response_cache import response_cache_invalidate
 from gateway.services.routes import (
     route_delete,
@@ -23,7 +24,6 @@ from gateway.services.routes import (
     service_delete,
     service_save,
 )
-from gateway.services.routing import service_target_url_errors
 
 
 class ServiceTargetForm(forms.ModelForm):

@@ -11,3 +11,8 @@ class GatewayConfig(AppConfig):
         from gateway.metrics import collect_cache_keys
 
         register_scrape_collector(collect_cache_keys)
+
+        from gateway.routing import resolver
+        from gateway.services.invalidation import invalidation_subscribe
+
+        invalidation_subscribe("routes", resolver.changed)

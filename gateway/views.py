@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -31,7 +32,10 @@ from common.correlation import (
 )
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
 from gateway import metrics
+from gateway.models import SAFE_METHODS
+from gateway.routing import route_resolve, route_upstream_path
 from gateway.services.auth import request_identity
+from gateway.services.idempotency import gateway_idempotency
 from gateway.services.proxy import (
     UpstreamResponse,
     meta_header_pairs,
@@ -43,13 +47,10 @@ from gateway.services.response_cache import (
     response_cache_get,
     response_cache_set,
 )
-from gateway.services.routing import route_resolve, route_upstream_path
 from gateway.types import Identity, RouteMatch
-from idempotency.gateway import gateway_idempotency
 
 logger = logging.getLogger("gatehouse.gateway")
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"  # PATH_INFO is decoded: a literal % must become %25
 
@@ -134,7 +135,23 @@ def _raw_path(meta: dict[str, Any]) -> str | None:
     return raw[len(prefix) :] or "/"
 
 
+class IncompleteBody(ValidationFailed):
+    """The client's body ended before its framing said (short Content-Length, broken chunks)."""
+
+    slug, title = "incomplete-body", "Incomplete request body"
+
+
+def _read_input(meta: dict[str, Any], size: int) -> bytes:
+    try:
+        return meta["wsgi.input"].read(size)
+    except Exception as exc:  # the server's framing errors (bad chunk size, EOF mid-chunk…)
+        logger.info("request body unreadable: %s: %s", type(exc).__name__, exc)
+        raise IncompleteBody("The request body is malformed or was cut off.") from None
+
+
 def _read_body(request: HttpRequest) -> bytes:
+    """The whole body, or an error: a body shorter than its Content-Length or a malformed or
+    aborted chunked body is 400 and never reaches the upstream nor completes a key."""
     meta = request.META
     limit = settings.GATEWAY_MAX_BODY_BYTES
     declared = meta.get("CONTENT_LENGTH")
@@ -145,9 +162,11 @@ def _read_body(request: HttpRequest) -> bytes:
             raise ValidationFailed("Content-Length is not a number.") from None
         if length > limit:
             raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
-        body = meta["wsgi.input"].read(length) if length > 0 else b""
+        body = _read_input(meta, length) if length > 0 else b""
+        if len(body) < length:
+            raise IncompleteBody(f"The body ended after {len(body)} of its {length} bytes.")
     elif "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
-        body = meta["wsgi.input"].read(limit + 1)
+        body = _read_input(meta, limit + 1)
         if len(body) > limit:
             raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
     else:
@@ -176,34 +195,53 @@ def _proxy(
     return _from_upstream(upstream)
 
 
+@dataclass(slots=True)
+class GatewayResult:
+    """What one request produced: the response and the route label its metrics carry
+    ("unmatched" until a route matched)."""
+
+    response: HttpResponseBase
+    route_label: str = "unmatched"
+
+
 def gateway_handle(request: HttpRequest) -> HttpResponseBase:
     """One request under the prefix; every domain error becomes problem+json. Records metrics."""
     started = time.perf_counter()
     method = request.method or "GET"
-    route_label = ["unmatched"]
-    status = 500  # what the metric says when something unexpected escapes
+    result: GatewayResult | None = None
     try:
-        try:
-            response = _dispatch(request, method, route_label)
-        except ApplicationError as exc:
-            response = exc.to_response()
-        status = response.status_code
-        return response
+        result = gateway_pipeline(request, method)
+        return result.response
     finally:
+        label = result.route_label if result is not None else "unmatched"
+        status = result.response.status_code if result is not None else 500  # something escaped
         metrics.requests_total.labels(
-            route_label[0], method if method in _KNOWN_METHODS else "OTHER", str(status)
+            label, method if method in _KNOWN_METHODS else "OTHER", str(status)
         ).inc()
-        metrics.request_duration.labels(route_label[0]).observe(time.perf_counter() - started)
+        metrics.request_duration.labels(label).observe(time.perf_counter() - started)
 
 
-def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> HttpResponseBase:
+def gateway_pipeline(request: HttpRequest, method: str) -> GatewayResult:
+    """The named steps of one request; a domain error at any step is its problem+json answer
+    (with the route label once the route is known)."""
     meta = request.META
     path = _raw_path(meta)
     if path is None:
-        raise ValidationFailed("Not a gateway path.")
-    match = route_resolve(method=method, path=path)
+        return GatewayResult(ValidationFailed("Not a gateway path.").to_response())
+    try:
+        match = route_resolve(method=method, path=path)
+    except ApplicationError as exc:
+        return GatewayResult(exc.to_response())
+    try:
+        return GatewayResult(_after_route(request, method, match), match.route.path)
+    except ApplicationError as exc:
+        return GatewayResult(exc.to_response(), match.route.path)
+
+
+def _after_route(request: HttpRequest, method: str, match: RouteMatch) -> HttpResponseBase:
+    """identity → body → response cache → idempotency → proxy → response cache store."""
+    meta = request.META
     route = match.route
-    route_label[0] = route.path
     query_string = meta.get("QUERY_STRING", "")
     identity = request_identity(
         authorization=meta.get("HTTP_AUTHORIZATION"), match=match, query_string=query_string

@@ -17,8 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from gateway.models import Route, Service
+from gateway.routing import route_cache_invalidate, route_config_errors, service_target_url_errors
 from gateway.services.routes import route_methods_canonical, route_validate
-from gateway.services.routing import route_cache_invalidate, route_config_errors, service_target_url_errors
 
 # File key → model field. The SPEC's seed keys first, then every field by its model name.
 ROUTE_KEY_ALIASES = {

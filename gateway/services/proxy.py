@@ -6,6 +6,7 @@ names are computed once per process and reused.
 
 from __future__ import annotations
 
+import contextvars
 import http.client
 import io
 import itertools
@@ -125,11 +126,32 @@ class _BudgetHTTPSConnection(_BudgetResponseMixin, HTTPSConnection):
     pass
 
 
-class _BudgetHTTPConnectionPool(HTTPConnectionPool):
+# The request-target exactly as built from the client's (urllib3's urlopen re-encodes it and
+# upper-cases escapes: `tilde=%7e` would reach the upstream as `%7E`, breaking signed URLs).
+# A context variable is per thread here, so concurrent requests never see each other's target.
+_raw_target: contextvars.ContextVar[str | None] = contextvars.ContextVar("raw_target", default=None)
+
+
+class _RawTargetMixin:
+    def _make_request(self, conn: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        raw = _raw_target.get()
+        return super()._make_request(conn, method, raw or url, *args, **kwargs)  # type: ignore[misc]
+
+
+def _urlopen_raw(pool: HTTPConnectionPool, method: str, url: str, **kwargs: Any) -> Any:
+    """`pool.urlopen` sending `url` as the request-target unchanged."""
+    token = _raw_target.set(url)
+    try:
+        return pool.urlopen(method, url, **kwargs)
+    finally:
+        _raw_target.reset(token)
+
+
+class _BudgetHTTPConnectionPool(_RawTargetMixin, HTTPConnectionPool):
     ConnectionCls = _BudgetHTTPConnection
 
 
-class _BudgetHTTPSConnectionPool(HTTPSConnectionPool):
+class _BudgetHTTPSConnectionPool(_RawTargetMixin, HTTPSConnectionPool):
     ConnectionCls = _BudgetHTTPSConnection
 
 
@@ -335,7 +357,8 @@ def proxy_forward(
         timeout = urllib3.Timeout(total=remaining)
         outcome = "error"
         try:
-            raw = target.pool.urlopen(
+            raw = _urlopen_raw(
+                target.pool,
                 method,
                 target.path_prefix + url_tail,
                 body=send_body,

@@ -9,9 +9,9 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from gateway.models import HTTP_METHODS, Route, Service, ServiceTarget
+from gateway.routing import route_cache_invalidate, route_config_errors
 from gateway.selectors import route_overlapping
 from gateway.services.response_cache import response_cache_invalidate
-from gateway.services.routing import route_cache_invalidate, route_config_errors
 
 
 def route_methods_canonical(methods: Iterable[str]) -> list[str]:

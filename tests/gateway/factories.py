@@ -13,7 +13,7 @@ from gateway.models import Route, Service, ServiceTarget
 
 
 def _routes_changed() -> None:
-    from gateway.services.routing import route_cache_invalidate_now
+    from gateway.routing import route_cache_invalidate_now
 
     route_cache_invalidate_now()
 

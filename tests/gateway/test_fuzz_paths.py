@@ -15,10 +15,7 @@ from hypothesis import strategies as st
 from common.errors import ApplicationError
 from tests.gateway.fuzz_support import FUZZ
 
-try:  # the routing package replacing gateway/services/routing.py (data-plane rewrite)
-    from gateway.routing import PathOutsideRoot, path_normalise  # type: ignore[attr-defined]
-except ImportError:
-    from gateway.services.routing import PathOutsideRoot, path_normalise
+from gateway.routing import PathOutsideRoot, path_normalise
 
 TRICKY = [
     ".",
@@ -104,11 +101,6 @@ def test_dot_segments_resolve_like_rfc_3986_or_refuse(parts):
     assert list(raw_segments) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (issue 13 item 5): '..;' is kept as an ordinary segment; Tomcat/Jetty/Spring "
-    "upstreams strip ';' parameters and read it as '..' — routing must refuse it (400)",
-)
 @FUZZ
 @given(st.sampled_from(["..;", "..;x=1", "%2e%2e;", ".;", "%2e;jsessionid=1", "..%3b"]))
 @example("..;")
@@ -118,11 +110,6 @@ def test_dot_segments_with_path_parameters_are_refused(dot_with_params):
     assert refused.value.status == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (issue 13 item 12): a broken percent-escape ('%zz', a lone '%', '%2') is kept "
-    "as a literal segment and forwarded; it should be refused (400) before matching",
-)
 @FUZZ
 @given(st.sampled_from(["%zz", "%", "%2", "a%g1", "%%41"]))
 def test_broken_percent_escapes_are_refused(broken):

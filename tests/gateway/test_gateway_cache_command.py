@@ -12,8 +12,8 @@ from django.core.management.base import CommandError
 from django_redis import get_redis_connection
 
 from common.local_cache import reset_all_local_caches
+from gateway.routing import route_resolve
 from gateway.services.cache_stats import cache_stats_reset
-from gateway.services.routing import route_resolve
 from tests.gateway.factories import RouteFactory
 from tests.support.servers import free_port
 

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from gateway.models import Route, Service
-from gateway.services.routing import RouteNotFound, route_resolve
+from gateway.routing import RouteNotFound, route_resolve
 from tests.gateway.factories import RouteFactory, ServiceFactory
 
 pytestmark = pytest.mark.django_db
@@ -270,7 +270,7 @@ def test_demo_route_file_loads(django_capture_on_commit_callbacks):
     ],
 )
 def test_route_validation_refuses_permission_or_condition_on_a_public_route(fields, named):
-    from gateway.services.routing import route_config_errors
+    from gateway.routing import route_config_errors
 
     errors = route_config_errors(path="/users/{user_id}", methods=["GET"], auth_required=False, **fields)
 

@@ -9,13 +9,13 @@ import pytest
 from django_redis import get_redis_connection
 from freezegun import freeze_time
 
+from gateway.routing import route_resolve
 from gateway.services.response_cache import (
     CachedResponse,
     response_cache_get,
     response_cache_set,
 )
 from gateway.services.routes import route_save
-from gateway.services.routing import route_resolve
 from gateway.types import Identity
 from tests.gateway.factories import RouteFactory, ServiceFactory
 from tests.support.servers import Reply

@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from gateway.models import Route, Service
-from gateway.services.routing import route_resolve
+from gateway.routing import route_resolve
 from tests.gateway.factories import RouteFactory, ServiceFactory
 
 pytestmark = pytest.mark.django_db
@@ -186,7 +186,7 @@ def test_deleting_a_route_in_admin_stops_routing(admin_client, django_capture_on
         response = admin_client.post(reverse("admin:gateway_route_delete", args=[route.pk]), {"post": "yes"})
 
     assert response.status_code == 302
-    from gateway.services.routing import RouteNotFound
+    from gateway.routing import RouteNotFound
 
     with pytest.raises(RouteNotFound):
         route_resolve(method="GET", path="/users/1")
@@ -215,7 +215,7 @@ def test_enable_action_refuses_a_duplicate_and_disable_action_stops_routing(
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(changelist, {"action": "disable_routes", "_selected_action": [live.pk]})
 
-    from gateway.services.routing import RouteNotFound
+    from gateway.routing import RouteNotFound
 
     with pytest.raises(RouteNotFound):
         route_resolve(method="GET", path="/users/1")

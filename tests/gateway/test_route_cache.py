@@ -14,8 +14,8 @@ from django.conf import settings
 from django_redis import get_redis_connection
 
 from common.local_cache import reset_all_local_caches
+from gateway.routing import VERSION_KEY, route_resolve
 from gateway.services.routes import route_save
-from gateway.services.routing import VERSION_KEY, route_resolve
 from tests.gateway.factories import RouteFactory, ServiceFactory
 from tests.support.servers import Reply, free_port
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.services.routing import (
+from gateway.routing import (
     MethodNotAllowed,
     NoUpstream,
     PathOutsideRoot,
@@ -195,6 +195,14 @@ def test_path_normalisation(raw, normalised, segments):
         "/users/%2e%2e/%2E%2E/x",
         "/a/..%2f..%2fx",
         "/a%00b",
+        # issue 13 item 5: Tomcat, Jetty and Spring read '/a/..;/b' as '/b'
+        "/public/..;/secure/x",
+        "/public/.;x/secure",
+        "/public/%2e%2e;jsessionid=1/secure/x",
+        # issue 13 item 12: an invalid percent-escape is refused, never re-encoded as '%25zz'
+        "/public/%zz",
+        "/public/a%2",
+        "/public/%",
     ],
 )
 def test_path_escaping_the_root_is_400(raw):
@@ -355,4 +363,34 @@ def test_raw_requests_to_a_server_process(gateway_process_factory, http_server_f
     assert status == 405 and headers["Allow"] == "GET, HEAD"
     status, _, body = get("/gw/nothing")
     assert status == 404 and json.loads(body)["type"].endswith("/route-not-found")
-    assert [r.path for r in upstream.requests] == ["/files/a/c%20d?x=1"]
+    # issue 13 items 5 and 12: a '..;' segment and an invalid escape are 400, never forwarded
+    for target in ("/gw/files/..;/admin/x", "/gw/files/%zz"):
+        status, headers, body = get(target)
+        assert status == 400, target
+        assert headers["Content-Type"] == "application/problem+json"
+        assert json.loads(body)["type"].endswith("/invalid-path")
+    status, _, body = get("/gw/files/a;v=1")  # a parameter on an ordinary segment is kept
+    assert (status, body) == (200, b"/files/a;v=1")
+    assert [r.path for r in upstream.requests] == ["/files/a/c%20d?x=1", "/files/a;v=1"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_query_string_reaches_the_upstream_byte_for_byte(gateway_process_factory, http_server_factory):
+    """Signed URLs break if a hop re-encodes: `%7e` must not become `%7E` (nor `~`), `+` stays."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from tests.support.servers import Reply
+
+    upstream = http_server_factory(lambda request: Reply(200, request.path.encode()))
+    RouteFactory(
+        path="/files/**", methods=["GET"], auth_required=False, service=ServiceFactory(targets=[upstream.url])
+    )
+    connection = http.client.HTTPConnection(urlsplit(gateway_process_factory()).netloc, timeout=10)
+    connection.request("GET", "/gw/files/x?tilde=%7e&a=%2F+b")
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+
+    assert (response.status, body) == (200, b"/files/x?tilde=%7e&a=%2F+b")
+    assert [r.path for r in upstream.requests] == ["/files/x?tilde=%7e&a=%2F+b"]

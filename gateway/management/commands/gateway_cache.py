@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from gateway.routing import route_cache_invalidate_now
 from gateway.services.cache_stats import CACHE_KINDS, cache_stats
 from gateway.services.invalidation import invalidation_publish
-from gateway.services.routing import route_cache_invalidate_now
 from gateway.services.shared_cache import shared_cache_delete_pattern
 
 

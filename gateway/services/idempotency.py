@@ -1,4 +1,5 @@
-"""Idempotency for gateway routes (seam used by the proxy view).
+"""Idempotency for gateway routes: the gateway side, calling the `idempotency` services (which
+never import the gateway).
 
 Routes with `idempotency = optional | required` get it for unsafe methods. The upstream call cannot
 share a transaction with the record, so the record is claimed (committed) before the call and
@@ -17,6 +18,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponseBase
 
 from common.errors import ApplicationError
+from gateway.models import SAFE_METHODS
 from gateway.types import Identity, ResolvedRoute
 from idempotency.errors import IdempotencyKeyMissing
 from idempotency.services import (
@@ -37,7 +39,6 @@ from idempotency.services import (
 
 logger = logging.getLogger(__name__)
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 LOCK_MARGIN_SECONDS = 5
 
 
