@@ -16,8 +16,9 @@ from django.conf import settings
 from prometheus_client import Counter
 
 from common.errors import NotAuthenticated, ServiceUnavailable
-from common.local_cache import LocalTTLCache
 from gateway.services.jwks import JwksKeyNotFound, JwksUnavailable, jwks_signing_key
+from gateway.services.revocation import token_is_revoked
+from gateway.services.verified_tokens import VERIFIED_TTL_SECONDS, token_verified_cache_clear, verified_tokens
 from gateway.types import Identity
 
 logger = logging.getLogger("gatehouse.auth.tokens")
@@ -38,11 +39,8 @@ def _denied(reason: str, detail: str, *, error: str | None = "invalid_token") ->
     return NotAuthenticated(detail, error=error)
 
 
-# Signature checks are the costliest step (~0.1-0.5 ms); a token already verified by this process
-# is trusted again for a few seconds, never past its `exp`. Keyed by a hash, so raw tokens are not
-# kept in memory. Revocation and RBAC are still checked on every request.
-VERIFIED_TTL_SECONDS = 30.0
-_verified = LocalTTLCache("verified-tokens", ttl_seconds=VERIFIED_TTL_SECONDS, max_entries=10_000)
+_verified = verified_tokens
+__all__ = ["VERIFIED_TTL_SECONDS", "token_verified_cache_clear"]  # re-exported (older import path)
 
 
 def bearer_token(*, authorization: str | None) -> str:
@@ -74,10 +72,6 @@ def token_verify(*, token: str) -> dict[str, Any]:
     if remaining > 0:
         _verified.set(cache_key, claims, ttl_seconds=min(VERIFIED_TTL_SECONDS, remaining))
     return claims
-
-
-def token_verified_cache_clear() -> None:
-    _verified.clear()
 
 
 def _verify_uncached(token: str) -> dict[str, Any]:
@@ -171,8 +165,6 @@ def token_authenticate(*, authorization: str | None) -> Identity:
     Permissions are those of the token's `permissions` claim (RBAC resolution is the gateway's,
     see `gateway.services.auth.request_identity`).
     """
-    from gateway.services.revocation import token_is_revoked
-
     token = bearer_token(authorization=authorization)
     claims = token_verify(token=token)
     jti = claims.get("jti")
