@@ -160,6 +160,9 @@ JWT_JWKS_URL = env("JWT_JWKS_URL", default="")
 JWT_ISSUER = env("JWT_ISSUER", default="")
 JWT_AUDIENCE = env("JWT_AUDIENCE", default="")
 JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=60)
+# Longest token lifetime accepted: a token whose exp is further away (beyond the leeway) is refused,
+# and a revocation known only by its jti is kept this long, so it always outlives the token.
+JWT_MAX_TOKEN_LIFETIME_SECONDS = env.int("JWT_MAX_TOKEN_LIFETIME_SECONDS", default=24 * 3600)
 JWT_JWKS_REFETCH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFETCH_COOLDOWN_SECONDS", default=30)
 TOKEN_INTROSPECT_URL = env("TOKEN_INTROSPECT_URL", default="")
 # The gateway's client credentials at the introspection endpoint (RFC 7662 §2.1: HTTP Basic);

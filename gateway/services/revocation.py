@@ -36,7 +36,6 @@ REVOKED_TTL_SECONDS = 180
 NOT_REVOKED_LOCAL_SECONDS = 1.0  # the "within 1 s on every instance" bound, message or not
 REVOKED_LOCAL_SECONDS = 60.0  # a revocation never goes back, hold it longer
 INTROSPECT_TIMEOUT = (0.5, 2.0)
-DEFAULT_REVOCATION_TTL_SECONDS = 24 * 3600  # when the caller does not know the token's expiry
 
 
 def _decode(key: str, raw: object) -> bool | None:
@@ -191,15 +190,19 @@ def _log_client_refused(status: int) -> None:
 def token_revoke(
     *, jti: str, expires_at: datetime | None = None, ttl_seconds: int | None = None
 ) -> RevokedToken:
-    """Revoke `jti` until `expires_at` (or now + ttl); idempotent, a later expiry extends it.
+    """Revoke `jti` until the token can no longer be accepted; idempotent, a later expiry extends it.
+
+    `expires_at` is the token's own `exp` (kept until then plus the clock leeway); `ttl_seconds` its
+    remaining life; with neither, the longest lifetime a token may have (JWT_MAX_TOKEN_LIFETIME_SECONDS
+    plus leeway), so a revocation never expires before its token. Never kept past that bound: no
+    accepted token lives longer.
 
     Raises RevocationNotShared (503) when, after the commit, Redis could not be updated; the
     database row stays. Called inside an outer transaction, that surfaces where it commits.
     """
     if not jti or len(jti) > 255:
         raise ValueError("jti must be 1-255 characters")
-    if expires_at is None:
-        expires_at = timezone.now() + timedelta(seconds=ttl_seconds or DEFAULT_REVOCATION_TTL_SECONDS)
+    expires_at = revocation_expiry(expires_at=expires_at, ttl_seconds=ttl_seconds)
     # No check-then-insert: insert-or-ignore, then a conditional update that only ever extends.
     RevokedToken.objects.bulk_create([RevokedToken(jti=jti, expires_at=expires_at)], ignore_conflicts=True)
     RevokedToken.objects.filter(jti=jti, expires_at__lt=expires_at).update(expires_at=expires_at)
@@ -207,6 +210,20 @@ def token_revoke(
     # Not robust: a failure to update Redis must reach the caller (command exits non-zero, API 503).
     transaction.on_commit(lambda: _revocation_announce(jti), robust=False)
     return revoked
+
+
+def revocation_expiry(*, expires_at: datetime | None = None, ttl_seconds: int | None = None) -> datetime:
+    """Until when a revocation must be kept (see `token_revoke`)."""
+    from gateway.services.tokens import max_token_lifetime_seconds
+
+    now = timezone.now()
+    longest = now + timedelta(seconds=max_token_lifetime_seconds())
+    leeway = timedelta(seconds=int(settings.JWT_LEEWAY_SECONDS))
+    if expires_at is not None:
+        return min(expires_at + leeway, longest)
+    if ttl_seconds:
+        return min(now + timedelta(seconds=ttl_seconds) + leeway, longest)
+    return longest
 
 
 def _revocation_announce(jti: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -124,6 +125,10 @@ def _verify_uncached(token: str) -> dict[str, Any]:
     for name in TIME_CLAIMS:
         if name in claims and not _is_numeric_date(claims[name]):
             raise _denied("invalid", f"The token's {name!r} claim is not a number.")
+    # A token may not outlive JWT_MAX_TOKEN_LIFETIME_SECONDS from now: revocations known only by
+    # jti are kept that long, and an exp of 1e308 would make a revocation's lifetime unbounded.
+    if not math.isfinite(claims["exp"]) or claims["exp"] > time.time() + max_token_lifetime_seconds():
+        raise _denied("invalid", "The token's expiry is further away than this gateway accepts.")
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise _denied("missing_claim", "The token's subject is invalid.")
     tenant_id = claims.get("tenant_id")
@@ -132,6 +137,11 @@ def _verify_uncached(token: str) -> dict[str, Any]:
     if "permissions" in claims and _claim_permissions(claims["permissions"]) is None:
         raise _denied("invalid", "The token's permissions claim is invalid.")
     return claims
+
+
+def max_token_lifetime_seconds() -> int:
+    """How far away a token's `exp` may be (the setting plus the clock leeway)."""
+    return int(settings.JWT_MAX_TOKEN_LIFETIME_SECONDS) + int(settings.JWT_LEEWAY_SECONDS)
 
 
 def _is_numeric_date(value: Any) -> bool:

@@ -268,18 +268,26 @@ def test_internal_endpoint_revokes_with_the_shared_secret(
 
 
 def test_internal_endpoint_accepts_expires_at(client, settings, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     settings.GATEWAY_INTERNAL_TOKEN = INTERNAL_SECRET
+    expires_at = (timezone.now() + timedelta(hours=5)).replace(microsecond=0)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
             "/internal/revocations",
-            {"jti": "j", "expires_at": "2030-01-01T00:00:00Z"},
+            {"jti": "j", "expires_at": expires_at.isoformat()},
             content_type="application/json",
             HTTP_AUTHORIZATION=f"Bearer {INTERNAL_SECRET}",
         )
 
     assert response.status_code == 201
-    assert RevokedToken.objects.get(jti="j").expires_at.year == 2030
+    # kept until the token's exp plus the clock leeway (a token is accepted that long)
+    assert RevokedToken.objects.get(jti="j").expires_at == expires_at + timedelta(
+        seconds=settings.JWT_LEEWAY_SECONDS
+    )
 
 
 @pytest.mark.parametrize(
