@@ -113,6 +113,8 @@ def jwks_signing_key(*, kid: str | None) -> PyJWK:
     """The verification key for a token's `kid` (raises JwksKeyNotFound / JwksUnavailable)."""
     from gateway.services.invalidation import invalidation_poll
 
+    if not settings.JWT_JWKS_URL:
+        return _dev_signing_key(kid=kid)
     invalidation_poll()
     keyset = _keyset()
     key = keyset.key_for(kid)
@@ -137,6 +139,34 @@ def jwks_signing_key(*, kid: str | None) -> PyJWK:
         raise JwksKeyNotFound("Unknown key id (the key set could not be refreshed).") from exc
     key = keyset.key_for(kid)
     if key is None:
+        raise JwksKeyNotFound("Unknown key id.")
+    return key
+
+
+NO_KEY_SOURCE = (
+    "No token key source is configured: set JWT_JWKS_URL to the token service's JWKS, or, in "
+    "development, create the development key with `manage.py dev_token`."
+)
+
+
+def token_key_source() -> str:
+    """ "jwks", "dev_key" (the development key is trusted and exists) or "none"."""
+    from gateway.services.dev_key import dev_public_key
+
+    if settings.JWT_JWKS_URL:
+        return "jwks"
+    return "dev_key" if dev_public_key() is not None else "none"
+
+
+def _dev_signing_key(*, kid: str | None) -> PyJWK:
+    """Embedded mode: the development key (never consulted when JWT_JWKS_URL is set)."""
+    from gateway.services.dev_key import dev_public_key
+
+    found = dev_public_key()
+    if found is None:
+        raise JwksUnavailable(NO_KEY_SOURCE)
+    key, dev_kid = found
+    if kid is not None and kid != dev_kid:
         raise JwksKeyNotFound("Unknown key id.")
     return key
 

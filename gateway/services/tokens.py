@@ -89,6 +89,10 @@ def _verify_uncached(token: str) -> dict[str, Any]:
         raise _denied("unknown_key", f"No key to verify the token: {exc}") from exc
     except JwksUnavailable as exc:
         # Not the client's fault: the keys cannot be had. 503, never an allow.
+        from gateway.services.jwks import NO_KEY_SOURCE
+
+        if str(exc) == NO_KEY_SOURCE:
+            raise ServiceUnavailable(NO_KEY_SOURCE) from exc
         raise ServiceUnavailable("Token keys are unavailable; try again shortly.") from exc
     # The algorithm is the key's (PyJWK from the JWKS), never the token header's: a header saying
     # HS256 or none fails PyJWT's check against `algorithms`.
