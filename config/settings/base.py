@@ -165,8 +165,10 @@ JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=60)
 JWT_MAX_TOKEN_LIFETIME_SECONDS = env.int("JWT_MAX_TOKEN_LIFETIME_SECONDS", default=24 * 3600)
 # The development signing key (manage.py dev_token, VAR_DIR/dev_jwt_key.pem) is trusted only without
 # JWT_JWKS_URL, and only when enabled: by default in embedded mode (no DATABASE_URL), never silently
-# in a deployment (docs/gateway-auth.md).
-JWT_DEV_KEY_ENABLED = env.bool("JWT_DEV_KEY_ENABLED", default=not env("DATABASE_URL", default=""))
+# in a deployment on PostgreSQL (docs/gateway-auth.md).
+JWT_DEV_KEY_ENABLED = env.bool(
+    "JWT_DEV_KEY_ENABLED", default=env("DATABASE_URL", default="sqlite:").startswith("sqlite:")
+)
 JWT_JWKS_REFETCH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFETCH_COOLDOWN_SECONDS", default=30)
 TOKEN_INTROSPECT_URL = env("TOKEN_INTROSPECT_URL", default="")
 # The gateway's client credentials at the introspection endpoint (RFC 7662 §2.1: HTTP Basic);

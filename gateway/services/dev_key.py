@@ -3,7 +3,7 @@
 `manage.py dev_token` generates an ES256 (P-256) key pair once, under `VAR_DIR/dev_jwt_key.pem`
 (mode 0600), and signs tokens with it; the project verifies them against its public key. Trusted
 only when `JWT_JWKS_URL` is unset **and** `JWT_DEV_KEY_ENABLED` is true (default: true in embedded
-mode, i.e. without `DATABASE_URL`; false otherwise, so a deployment never trusts a key lying in
+mode, i.e. SQLite; false on PostgreSQL, so a deployment never trusts a key lying in
 its var directory without being told). The algorithm is the key's (ES256), never the token's.
 """
 
@@ -49,8 +49,8 @@ def dev_key_refusal() -> str | None:
         )
     if not settings.JWT_DEV_KEY_ENABLED:
         return (
-            "The development key is disabled (JWT_DEV_KEY_ENABLED is false, the default when "
-            "DATABASE_URL is set). Set JWT_JWKS_URL, or JWT_DEV_KEY_ENABLED=true for development."
+            "The development key is disabled (JWT_DEV_KEY_ENABLED is false, the default on "
+            "PostgreSQL). Set JWT_JWKS_URL, or JWT_DEV_KEY_ENABLED=true for development."
         )
     return None
 

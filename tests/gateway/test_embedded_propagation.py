@@ -87,3 +87,36 @@ def test_rbac_update_reaches_two_processes_without_redis(
 
     rbac_invalidate(user_id="u-embedded", tenant_id="t1")
     _all_refused_within(gateways, headers, seconds=1.5, status=403)
+
+
+def test_revocation_posted_to_one_process_reaches_the_other_without_redis(
+    http_server_factory, token_service, gateway_process_factory
+):
+    from tests.support.servers import Reply
+
+    upstream = http_server_factory(lambda request: Reply(200, b"ok"))
+    proxy_route(
+        upstream.url,
+        path="/orders/**",
+        methods=("GET",),
+        auth_required=True,
+        required_permission="order.read",
+    )
+    env = token_service.env | {
+        "REDIS_URL": "",
+        "WEB_WORKERS": "2",
+        "GATEWAY_INTERNAL_TOKEN": "internal-secret",
+    }
+    first, second = gateway_process_factory(env), gateway_process_factory(env)
+    headers = {"Authorization": token_service.bearer(permissions=["order.read"], jti="jti-posted")}
+    for _ in range(20):
+        assert requests.get(f"{second}/gw/orders/1", headers=headers, timeout=10).status_code == 200
+
+    response = requests.post(
+        f"{first}/internal/revocations",
+        json={"jti": "jti-posted"},
+        headers={"Authorization": "Bearer internal-secret"},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    _all_refused_within([first, second], headers, seconds=1.5)
