@@ -12,8 +12,8 @@ from urllib.parse import parse_qs
 
 from common.errors import PermissionDenied
 from gateway.services.conditions import condition_check
-from gateway.services.rbac import rbac_permissions
-from gateway.services.tokens import token_authenticate
+from gateway.services.rbac import rbac_permissions, rbac_permissions_async
+from gateway.services.tokens import token_authenticate, token_authenticate_async
 from gateway.types import Identity, RouteMatch
 
 USER_ID_HEADER = "X-User-ID"
@@ -40,8 +40,7 @@ def request_identity(
     condition on a query parameter fails closed (403).
     Raises NotAuthenticated (401), PermissionDenied (403) or ServiceUnavailable (503).
     """
-    route = match.route
-    if not route.auth_required:
+    if not match.route.auth_required:
         return None
     identity = token_authenticate(authorization=authorization)
     if "permissions" not in identity.claims:
@@ -49,6 +48,26 @@ def request_identity(
             identity,
             permissions=rbac_permissions(user_id=identity.user_id, tenant_id=identity.tenant_id),
         )
+    return _authorize(identity, match=match, query_string=query_string)
+
+
+async def request_identity_async(
+    *, authorization: str | None, match: RouteMatch, query_string: str = ""
+) -> Identity | None:
+    """`request_identity` for the asyncio pipeline: Redis through redis.asyncio, database,
+    resolver and new signatures in worker threads; the loop never blocks."""
+    if not match.route.auth_required:
+        return None
+    identity = await token_authenticate_async(authorization=authorization)
+    if "permissions" not in identity.claims:
+        permissions = await rbac_permissions_async(user_id=identity.user_id, tenant_id=identity.tenant_id)
+        identity = replace(identity, permissions=permissions)
+    return _authorize(identity, match=match, query_string=query_string)
+
+
+def _authorize(identity: Identity, *, match: RouteMatch, query_string: str) -> Identity:
+    """Required permission and condition (pure, no I/O)."""
+    route = match.route
     if route.required_permission and route.required_permission not in identity.permissions:
         raise PermissionDenied(f"This route requires the {route.required_permission!r} permission.")
     if route.condition:

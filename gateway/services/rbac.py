@@ -78,7 +78,7 @@ def rbac_permissions(*, user_id: str, tenant_id: str) -> frozenset[str]:
     )
 
 
-async def rbac_apermissions(*, user_id: str, tenant_id: str) -> frozenset[str]:
+async def rbac_permissions_async(*, user_id: str, tenant_id: str) -> frozenset[str]:
     """`rbac_permissions` for the event loop (Redis via redis.asyncio, the resolver in a thread)."""
     import asyncio
 

@@ -118,6 +118,29 @@ def token_is_revoked(*, jti: str, token: str | None = None, expires_at: float | 
     return revoked
 
 
+async def token_is_revoked_async(
+    *, jti: str, token: str | None = None, expires_at: float | None = None
+) -> bool:
+    """`token_is_revoked` for the event loop: local layer, then Redis through redis.asyncio; the
+    database / introspection fallback runs in a worker thread, never on the loop."""
+    import asyncio
+
+    from gateway.services.invalidation import invalidation_poll, invalidation_poll_due
+
+    if invalidation_poll_due():
+        await asyncio.to_thread(invalidation_poll)
+    local = _local.get(jti)
+    if local is not None:
+        cache_hit("revoked")
+        return local
+    shared = await revoked_cache.ashared_get(revoked_cache_key(jti))
+    if shared is not None:
+        cache_hit("revoked")
+        _remember(jti, shared)
+        return shared
+    return await asyncio.to_thread(token_is_revoked, jti=jti, token=token, expires_at=expires_at)
+
+
 def _cache_not_revoked(key: str, ttl: int) -> bool:
     """Cache "false" only if nothing is cached (SET NX); returns True if a "true" is there instead.
 
