@@ -81,3 +81,27 @@ def test_redis_down_costs_no_per_request_timeout(settings):
         assert cache.get(f"down-test:{n}") is None
     assert asyncio.run(cache.aget("down-test:a")) is None
     assert time.monotonic() - started < 0.5
+
+
+def test_the_django_cache_refuses_a_planted_pickle_of_a_code_running_class():
+    from django.core.cache import cache
+
+    class Boom:
+        def __reduce__(self):  # noqa: ANN204
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    _raw().set("responses:planted", pickle.dumps(Boom()))
+    assert cache.get("responses:planted") is None  # a miss; exec never resolved
+
+
+def test_the_django_cache_still_reads_the_route_values_it_writes():
+    from django.core.cache import cache
+
+    from gateway.types import ResolvedRoute, RouteMatch
+
+    route = ResolvedRoute(id=1, methods=("GET",), path="/a", service="s", targets=("http://x",))
+    value = (3, RouteMatch(route=route, params={"a": "1"}, path="/a"))
+    cache.set("routes:/a:GET", value, 30)
+    assert cache.get("routes:/a:GET") == value
+    cache.set("responses:bytes", {"body": b"\x00\x01", "headers": [("a", "b")]}, 30)
+    assert cache.get("responses:bytes") == {"body": b"\x00\x01", "headers": [("a", "b")]}
