@@ -30,10 +30,12 @@ def _restore_correlation_id(task=None, **_: object) -> None:  # type: ignore[no-
 # --- Single-beat guard ------------------------------------------------------------------------
 # Two beat processes (a rolling deploy, a second replica started by mistake) would both schedule
 # every entry. The tasks are idempotent, so that is wasteful rather than wrong, but the guard keeps
-# it to one: a beat only schedules while it holds a lock, renewed on every tick. With Redis the
-# lock is a key with a TTL (a crashed leader's lock lapses, and another beat takes over after at
-# most the TTL); without Redis (embedded default) it is an exclusive flock on a file in the var
-# directory, released by the kernel when the holder dies.
+# it to one: a beat only schedules while it holds a lock, checked on every tick. The lock lives
+# where the schedule's work lives, never in a cache: on PostgreSQL a session-level advisory lock
+# on a dedicated connection (released by the server when the holder's connection dies), on SQLite
+# (embedded default) an exclusive flock on a file in the var directory (released by the kernel).
+# So a Redis outage no longer stops the expiry sweep, relay ticks and purges. `RedisBeatLock`
+# stays for an explicit BEAT_LOCK_REDIS_URL (several machines without a shared PostgreSQL).
 
 import fcntl  # noqa: E402
 import logging  # noqa: E402
@@ -108,13 +110,72 @@ class FileBeatLock:
             self._fd = None
 
 
-def beat_lock_from_settings() -> RedisBeatLock | FileBeatLock:
+class PostgresAdvisoryBeatLock:
+    """`pg_try_advisory_lock` on a dedicated autocommit connection (not Django's, which is closed
+    between tasks): held for the session, freed by PostgreSQL when the holder's connection dies.
+    Every acquire() on a held lock checks that its connection is still alive."""
+
+    def __init__(self, connect_kwargs: dict, key: int) -> None:
+        self.connect_kwargs, self.key = connect_kwargs, key
+        self._conn = None
+
+    def acquire(self) -> bool:
+        import psycopg
+
+        try:
+            if self._conn is not None:
+                self._conn.execute("SELECT 1")
+                return True
+            conn = psycopg.connect(autocommit=True, connect_timeout=2, **self.connect_kwargs)
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+        except Exception as exc:  # cannot prove leadership: do not schedule
+            logger.warning("beat lock unavailable: %s", exc)
+            self._close()
+            return False
+        if not taken:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            except Exception:
+                logger.debug("beat lock release failed", exc_info=True)
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                logger.debug("beat lock connection close failed", exc_info=True)
+            self._conn = None
+
+
+def _postgres_connect_kwargs(database: dict) -> dict:
+    kwargs = {
+        "dbname": database["NAME"],
+        "user": database.get("USER") or None,
+        "password": database.get("PASSWORD") or None,
+        "host": database.get("HOST") or None,
+        "port": database.get("PORT") or None,
+    }
+    return {name: value for name, value in kwargs.items() if value is not None}
+
+
+def beat_lock_from_settings() -> RedisBeatLock | FileBeatLock | PostgresAdvisoryBeatLock:
     from django.conf import settings
 
     if settings.BEAT_LOCK_REDIS_URL:
         return RedisBeatLock(
             settings.BEAT_LOCK_REDIS_URL, settings.BEAT_LOCK_KEY, settings.BEAT_LOCK_TTL_SECONDS
         )
+    database = settings.DATABASES["default"]
+    if "postgresql" in database["ENGINE"]:
+        return PostgresAdvisoryBeatLock(_postgres_connect_kwargs(database), settings.BEAT_LOCK_ADVISORY_KEY)
     return FileBeatLock(settings.BEAT_LOCK_FILE)
 
 
@@ -126,7 +187,10 @@ class GuardedScheduler(Scheduler):
     """
 
     def __init__(
-        self, *args: object, lock: RedisBeatLock | FileBeatLock | None = None, **kwargs: object
+        self,
+        *args: object,
+        lock: RedisBeatLock | FileBeatLock | PostgresAdvisoryBeatLock | None = None,
+        **kwargs: object,
     ) -> None:
         self.lock = lock or beat_lock_from_settings()
         self.is_leader = False

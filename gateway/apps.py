@@ -8,8 +8,11 @@ class GatewayConfig(AppConfig):
     def ready(self) -> None:
         from common.metrics import register_scrape_collector
         from gateway import schema  # noqa: F401  (registers the OpenAPI auth extensions)
+        from gateway.caching.registry import caches_subscribe
         from gateway.metrics import collect_cache_keys
+        from gateway.services import jwks, rbac, revocation  # noqa: F401  (register their caches)
 
+        caches_subscribe()
         register_scrape_collector(collect_cache_keys)
 
         from gateway.routing import resolver

@@ -112,3 +112,23 @@ class RevokedToken(models.Model):
 
     def __str__(self) -> str:
         return self.jti
+
+
+class InvalidationEvent(models.Model):
+    """The database leg of the invalidation bus: one row per message, kept a few minutes.
+
+    Processes that cannot hear Redis pub/sub (embedded mode, Redis down) poll the recent rows
+    every 0.25 s, so a revocation or an RBAC/JWKS invalidation reaches every process within a
+    second without Redis. Written in the transaction of the change it announces.
+    """
+
+    kind = models.CharField(max_length=20)
+    payload = models.JSONField(default=dict)
+    origin = models.CharField(max_length=64)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "gateway_invalidation_event"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.payload}"

@@ -85,6 +85,9 @@ if REDIS_URL:
                 "SOCKET_CONNECT_TIMEOUT": 0.25,
                 "SOCKET_TIMEOUT": 0.25,
                 "CONNECTION_POOL_KWARGS": {"max_connections": 100, "retry_on_timeout": False},
+                # rbac/revoked/jwks are JSON (gateway.caching); what is still pickled is read with an
+                # allow-list unpickler, so a compromised Redis cannot run code here.
+                "SERIALIZER": "gateway.caching.serializers.AllowListPickleSerializer",
             },
             "KEY_PREFIX": "",
             # Keys exactly as the SPEC names them (`routes:/a:GET`), so SCAN by kind finds them.
@@ -164,6 +167,15 @@ JWT_JWKS_URL = env("JWT_JWKS_URL", default="")
 JWT_ISSUER = env("JWT_ISSUER", default="")
 JWT_AUDIENCE = env("JWT_AUDIENCE", default="")
 JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=60)
+# Longest token lifetime accepted: a token whose exp is further away (beyond the leeway) is refused,
+# and a revocation known only by its jti is kept this long, so it always outlives the token.
+JWT_MAX_TOKEN_LIFETIME_SECONDS = env.int("JWT_MAX_TOKEN_LIFETIME_SECONDS", default=24 * 3600)
+# The development signing key (manage.py dev_token, VAR_DIR/dev_jwt_key.pem) is trusted only without
+# JWT_JWKS_URL, and only when enabled: by default in embedded mode (no DATABASE_URL), never silently
+# in a deployment on PostgreSQL (docs/gateway-auth.md).
+JWT_DEV_KEY_ENABLED = env.bool(
+    "JWT_DEV_KEY_ENABLED", default=env("DATABASE_URL", default="sqlite:").startswith("sqlite:")
+)
 JWT_JWKS_REFETCH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFETCH_COOLDOWN_SECONDS", default=30)
 TOKEN_INTROSPECT_URL = env("TOKEN_INTROSPECT_URL", default="")
 # The gateway's client credentials at the introspection endpoint (RFC 7662 §2.1: HTTP Basic);

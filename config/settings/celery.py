@@ -57,7 +57,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = f"{_var}/celerybeat-schedule"
 # Single-beat guard (config.celery.GuardedScheduler): only the beat holding the lock schedules.
 CELERY_BEAT_SCHEDULER = "config.celery:GuardedScheduler"
 CELERY_BEAT_MAX_LOOP_INTERVAL = 5  # ticks (and lock renewals) at least this often
-BEAT_LOCK_REDIS_URL = env("BEAT_LOCK_REDIS_URL", default=env("REDIS_URL", default=""))
+# The single-beat lock: a PostgreSQL advisory lock (or a flock on SQLite), never REDIS_URL, so a
+# Redis outage does not stop the schedule. BEAT_LOCK_REDIS_URL, only when set, uses a Redis lease.
+BEAT_LOCK_REDIS_URL = env("BEAT_LOCK_REDIS_URL", default="")
+BEAT_LOCK_ADVISORY_KEY = env.int("BEAT_LOCK_ADVISORY_KEY", default=0x6761746562656174 % (2**63))
 BEAT_LOCK_KEY = env("BEAT_LOCK_KEY", default="gatehouse:celery-beat-lock")
 BEAT_LOCK_TTL_SECONDS = env.float("BEAT_LOCK_TTL_SECONDS", default=30.0)
 BEAT_LOCK_FILE = f"{_var}/celerybeat.lock"

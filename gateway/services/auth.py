@@ -13,8 +13,8 @@ from urllib.parse import parse_qs
 from common.errors import PermissionDenied
 from gateway.services import headers as header_rules
 from gateway.services.conditions import condition_check
-from gateway.services.rbac import rbac_permissions
-from gateway.services.tokens import token_authenticate
+from gateway.services.rbac import rbac_permissions, rbac_permissions_async
+from gateway.services.tokens import token_authenticate, token_authenticate_async
 from gateway.types import Identity, RouteMatch
 
 IDENTITY_HEADERS = header_rules.IDENTITY_HEADERS
@@ -34,15 +34,37 @@ def request_identity(
     condition on a query parameter fails closed (403).
     Raises NotAuthenticated (401), PermissionDenied (403) or ServiceUnavailable (503).
     """
-    route = match.route
-    if not route.auth_required:
+    if not match.route.auth_required:
         return None
     identity = token_authenticate(authorization=authorization)
     if "permissions" not in identity.claims:
         resolved = rbac_permissions(user_id=identity.user_id, tenant_id=identity.tenant_id)
-        # One that could not travel in X-User-Permissions as it is (a comma…) is not granted.
-        safe = frozenset(p for p in resolved if header_rules.identity_value_is_safe(value=p))
-        identity = replace(identity, permissions=safe)
+        identity = replace(identity, permissions=_safe_permissions(resolved))
+    return _authorize(identity, match=match, query_string=query_string)
+
+
+async def request_identity_async(
+    *, authorization: str | None, match: RouteMatch, query_string: str = ""
+) -> Identity | None:
+    """`request_identity` for the asyncio pipeline: Redis through redis.asyncio, database,
+    resolver and new signatures in worker threads; the loop never blocks."""
+    if not match.route.auth_required:
+        return None
+    identity = await token_authenticate_async(authorization=authorization)
+    if "permissions" not in identity.claims:
+        resolved = await rbac_permissions_async(user_id=identity.user_id, tenant_id=identity.tenant_id)
+        identity = replace(identity, permissions=_safe_permissions(resolved))
+    return _authorize(identity, match=match, query_string=query_string)
+
+
+def _safe_permissions(resolved: frozenset[str]) -> frozenset[str]:
+    """One that could not travel in X-User-Permissions as it is (a comma…) is not granted."""
+    return frozenset(p for p in resolved if header_rules.identity_value_is_safe(value=p))
+
+
+def _authorize(identity: Identity, *, match: RouteMatch, query_string: str) -> Identity:
+    """Required permission and condition (pure, no I/O)."""
+    route = match.route
     if route.required_permission and route.required_permission not in identity.permissions:
         raise PermissionDenied(f"This route requires the {route.required_permission!r} permission.")
     if route.condition:

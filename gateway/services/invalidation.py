@@ -9,7 +9,10 @@ backoff when Redis goes away, and after every (re)subscription calls each handle
 `{"resync": True, "after_outage": bool}`: messages sent while it was disconnected are lost, so
 handlers then drop everything they hold (`after_outage` is true when this process failed to reach
 Redis since it last listened: changes may have happened that nobody could announce).
-Without REDIS_URL (embedded mode) delivery is in-process only, correct for a single process only.
+Without REDIS_URL (embedded mode), or while the listener is not connected, other processes hear
+messages through the database leg (`gateway.caching.db_bus`): every message except "routes" (which
+has its own database version poll) is also written as a row in the publisher's transaction, and
+cache reads poll the recent rows every 0.25 s, so every process drops its entries within a second.
 """
 
 from __future__ import annotations
@@ -61,15 +64,42 @@ def _origin_id() -> str:
     return _origin[1]
 
 
-def invalidation_subscribe(kind: str, handler: Handler) -> None:
-    """Run `handler(payload)` whenever `kind` is published, in this process or any other."""
+def invalidation_subscribe(kind: str, handler: Handler, *, start_listener: bool = True) -> None:
+    """Run `handler(payload)` whenever `kind` is published, in this process or any other.
+
+    `start_listener=False` (AppConfig.ready) only registers: the listener thread starts on first use.
+    """
     if kind not in INVALIDATION_KINDS:
         raise ValueError(f"unknown invalidation kind {kind!r}")
     with _lock:
         handlers = _handlers.setdefault(kind, [])
         if handler not in handlers:
             handlers.append(handler)
+    if start_listener:
+        invalidation_listener_ensure()
+
+
+def invalidation_poll_due() -> bool:
+    """Whether `invalidation_poll` would query the database now."""
+    if invalidation_listener_connected() and shared_cache_is_redis():
+        return False
+    from gateway.caching.db_bus import db_bus_due
+
+    return db_bus_due()
+
+
+def invalidation_poll(*, force: bool = False) -> None:
+    """Hear other processes' messages from the database while the Redis bus is not live.
+
+    Cheap when not due (one monotonic-clock comparison); at most one query per 0.25 s per process.
+    Also starts the Redis listener of this process on first use.
+    """
     invalidation_listener_ensure()
+    if invalidation_listener_connected() and shared_cache_is_redis():
+        return
+    from gateway.caching.db_bus import db_bus_poll
+
+    db_bus_poll(origin=_origin_id(), run=_run_handlers, force=force)
 
 
 def invalidation_publish(*, kind: str, payload: dict | None = None) -> None:
@@ -77,6 +107,10 @@ def invalidation_publish(*, kind: str, payload: dict | None = None) -> None:
     if kind not in INVALIDATION_KINDS:
         raise ValueError(f"unknown invalidation kind {kind!r}")
     message = {"kind": kind, "payload": dict(payload or {}), "origin": _origin_id()}
+    if kind != "routes":  # routes have their own database version, polled by routing
+        from gateway.caching.db_bus import db_bus_record
+
+        db_bus_record(kind=kind, payload=message["payload"], origin=message["origin"])
     transaction.on_commit(lambda: _deliver(message), robust=True)
 
 
@@ -103,7 +137,8 @@ def _run_handlers(kind: str, payload: dict) -> None:
 
 
 def invalidation_listener_connected() -> bool:
-    """True while this process is subscribed (always True in embedded, single-process mode)."""
+    """True while this process hears Redis pub/sub (always True in embedded mode, where the
+    database leg carries messages between processes; see `invalidation_poll`)."""
     if not shared_cache_is_redis():
         return True
     return _listener_pid == os.getpid() and _listener_connected.is_set()

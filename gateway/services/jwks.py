@@ -25,8 +25,11 @@ from jwt.exceptions import PyJWKError
 from prometheus_client import Counter
 
 from common.local_cache import LocalTTLCache
+from gateway.caching.registry import cache_register
+from gateway.caching.two_level import TwoLevelCache
 from gateway.services.cache_stats import cache_hit, cache_miss
 from gateway.services.shared_cache import shared_cache_call, shared_cache_is_redis
+from gateway.services.verified_tokens import token_verified_cache_clear
 
 logger = logging.getLogger("gatehouse.auth.jwks")
 
@@ -68,7 +71,26 @@ class KeySet:
         return self.keys.get(kid)
 
 
-_local = LocalTTLCache("jwks", ttl_seconds=LOCAL_TTL_SECONDS, max_entries=2)
+def _decode(key: str, raw: object) -> dict | None:
+    return raw if isinstance(raw, dict) and isinstance(raw.get("keys"), list) else None
+
+
+def _on_jwks_message(cache: TwoLevelCache, payload: dict) -> None:
+    jwks_local_clear()
+
+
+# Redis: `jwks:public_key` = {keys, fetched_at} (JSON). Local: the parsed KeySet under "keyset".
+jwks_cache = cache_register(
+    TwoLevelCache(
+        "jwks",
+        shared_ttl_seconds=JWKS_TTL_SECONDS,
+        local_ttl_seconds=LOCAL_TTL_SECONDS,
+        max_local_entries=2,
+        decode=_decode,
+        on_invalidate=_on_jwks_message,
+    )
+)
+_local = jwks_cache.local
 # The last key set this process parsed, kept for a day: verifies while Redis and the token service
 # are both down. A LocalTTLCache so tests reset it.
 _last_known = LocalTTLCache("jwks-last-known", ttl_seconds=86_400, max_entries=1)
@@ -76,7 +98,6 @@ _process_cooldown = LocalTTLCache("jwks-refetch-cooldown", ttl_seconds=30, max_e
 # Negative cache of a failed cold fetch (no key set anywhere): one attempt per few seconds.
 _cold_failure = LocalTTLCache("jwks-cold-failure", ttl_seconds=JWKS_FAILURE_BACKOFF_SECONDS, max_entries=1)
 _fetch_lock = threading.Lock()
-_subscribed = False
 
 # Atomic "take the cooldown if it has passed": the stored value is the wall-clock deadline, so the
 # bound holds by the clock (EX only garbage-collects the key).
@@ -90,7 +111,11 @@ return 1
 
 def jwks_signing_key(*, kid: str | None) -> PyJWK:
     """The verification key for a token's `kid` (raises JwksKeyNotFound / JwksUnavailable)."""
-    _ensure_subscribed()
+    from gateway.services.invalidation import invalidation_poll
+
+    if not settings.JWT_JWKS_URL:
+        return _dev_signing_key(kid=kid)
+    invalidation_poll()
     keyset = _keyset()
     key = keyset.key_for(kid)
     if key is not None:
@@ -118,6 +143,34 @@ def jwks_signing_key(*, kid: str | None) -> PyJWK:
     return key
 
 
+NO_KEY_SOURCE = (
+    "No token key source is configured: set JWT_JWKS_URL to the token service's JWKS, or, in "
+    "development, create the development key with `manage.py dev_token`."
+)
+
+
+def token_key_source() -> str:
+    """ "jwks", "dev_key" (the development key is trusted and exists) or "none"."""
+    from gateway.services.dev_key import dev_public_key
+
+    if settings.JWT_JWKS_URL:
+        return "jwks"
+    return "dev_key" if dev_public_key() is not None else "none"
+
+
+def _dev_signing_key(*, kid: str | None) -> PyJWK:
+    """Embedded mode: the development key (never consulted when JWT_JWKS_URL is set)."""
+    from gateway.services.dev_key import dev_public_key
+
+    found = dev_public_key()
+    if found is None:
+        raise JwksUnavailable(NO_KEY_SOURCE)
+    key, dev_kid = found
+    if kid is not None and kid != dev_kid:
+        raise JwksKeyNotFound("Unknown key id.")
+    return key
+
+
 def jwks_refresh(*, publish: bool = True) -> int:
     """Fetch the key set now, store it, and tell every instance (`jwt.jwks.rotated`)."""
     keyset = _fetch_and_store(reason="refresh")
@@ -126,6 +179,7 @@ def jwks_refresh(*, publish: bool = True) -> int:
     if publish:
         from gateway.services.invalidation import invalidation_publish
 
+        # Not jwks_cache.publish: this process has just cleared and refilled its layer.
         invalidation_publish(kind="jwks", payload={"event": "jwt.jwks.rotated"})
     return len(keyset.keys)
 
@@ -133,23 +187,7 @@ def jwks_refresh(*, publish: bool = True) -> int:
 def jwks_local_clear() -> None:
     """Forget this process's copy (not the last-known fallback): the next look-up reads Redis."""
     _local.clear()
-    from gateway.services.tokens import token_verified_cache_clear
-
     token_verified_cache_clear()
-
-
-def _on_jwks_invalidated(payload: dict) -> None:
-    jwks_local_clear()
-
-
-def _ensure_subscribed() -> None:
-    global _subscribed
-    if _subscribed:
-        return
-    from gateway.services.invalidation import invalidation_subscribe
-
-    invalidation_subscribe("jwks", _on_jwks_invalidated)
-    _subscribed = True
 
 
 def _keyset() -> KeySet:
@@ -186,8 +224,8 @@ def _keyset() -> KeySet:
 
 
 def _keyset_from_redis(*, current: KeySet | None) -> KeySet | None:
-    raw = shared_cache_call(lambda: cache.get(JWKS_CACHE_KEY), None)
-    if not isinstance(raw, dict):
+    raw = jwks_cache.shared_get(JWKS_CACHE_KEY)
+    if raw is None:
         return None
     fetched_at = float(raw.get("fetched_at") or 0)
     if current is not None and current.fetched_at == fetched_at:
@@ -214,7 +252,7 @@ def _fetch_and_store(*, reason: str, locked: bool = False) -> KeySet:
     fetched_at = time.time()
     keyset = KeySet(keys=_parse_keys(document.get("keys") or []), fetched_at=fetched_at)
     raw = {"keys": document.get("keys") or [], "fetched_at": fetched_at}
-    shared_cache_call(lambda: cache.set(JWKS_CACHE_KEY, raw, JWKS_TTL_SECONDS), None)
+    jwks_cache.shared_set(JWKS_CACHE_KEY, raw)
     _remember(keyset)
     logger.info("JWKS fetched (%s): %d usable keys", reason, len(keyset.keys))
     return keyset

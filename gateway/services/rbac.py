@@ -12,10 +12,10 @@ import time
 
 import requests
 from django.conf import settings
-from django.core.cache import cache
 
 from common.errors import ServiceUnavailable
-from common.local_cache import LocalTTLCache
+from gateway.caching.registry import cache_register
+from gateway.caching.two_level import TwoLevelCache
 from gateway.services.cache_stats import cache_hit, cache_miss
 from gateway.services.shared_cache import shared_cache_call, shared_cache_delete_pattern
 
@@ -26,8 +26,31 @@ RBAC_TTL_SECONDS = 300
 LOCAL_TTL_SECONDS = 5.0
 RESOLVER_TIMEOUT = (0.5, 2.0)
 
-_local = LocalTTLCache("rbac", ttl_seconds=LOCAL_TTL_SECONDS, max_entries=50_000)
-_subscribed = False
+
+def _decode(key: str, entry: object) -> dict | None:
+    return entry if isinstance(entry, dict) else None
+
+
+def _on_rbac_message(cache: TwoLevelCache, payload: dict) -> None:
+    if payload.get("resync") or payload.get("all") or "user_id" not in payload:
+        cache.local.clear()
+    else:
+        cache.local.delete(
+            rbac_cache_key(user_id=str(payload["user_id"]), tenant_id=str(payload.get("tenant_id") or ""))
+        )
+
+
+# Local entries and Redis values are the same JSON object {user_id, tenant_id, permissions, resolved_at}.
+rbac_cache = cache_register(
+    TwoLevelCache(
+        "rbac",
+        shared_ttl_seconds=RBAC_TTL_SECONDS,
+        local_ttl_seconds=LOCAL_TTL_SECONDS,
+        max_local_entries=50_000,
+        decode=_decode,
+        on_invalidate=_on_rbac_message,
+    )
+)
 
 
 def rbac_cache_key(*, user_id: str, tenant_id: str) -> str:
@@ -44,29 +67,44 @@ def _key_part(value: str) -> str:
 
 def rbac_permissions(*, user_id: str, tenant_id: str) -> frozenset[str]:
     """Permissions of `user_id` in `tenant_id` (ServiceUnavailable when they cannot be known)."""
-    _ensure_subscribed()
-    local_key = (user_id, tenant_id)
-    permissions = _local.get(local_key)
-    if permissions is not None:
-        cache_hit("rbac")
-        return permissions
     key = rbac_cache_key(user_id=user_id, tenant_id=tenant_id)
-    entry = shared_cache_call(lambda: cache.get(key), None)
+    entry = rbac_cache.get(key)
     if _valid_entry(entry, user_id=user_id, tenant_id=tenant_id):
         cache_hit("rbac")
-        permissions = frozenset(entry["permissions"])
-        _local.set(local_key, permissions)
-        return permissions
+        return frozenset(entry["permissions"])
     cache_miss("rbac")
-    permissions = _resolve(user_id=user_id, tenant_id=tenant_id)
-    entry = {
+    return _resolved(
+        key, user_id=user_id, tenant_id=tenant_id, permissions=_resolve(user_id=user_id, tenant_id=tenant_id)
+    )
+
+
+async def rbac_permissions_async(*, user_id: str, tenant_id: str) -> frozenset[str]:
+    """`rbac_permissions` for the event loop (Redis via redis.asyncio, the resolver in a thread)."""
+    import asyncio
+
+    key = rbac_cache_key(user_id=user_id, tenant_id=tenant_id)
+    entry = await rbac_cache.aget(key)
+    if _valid_entry(entry, user_id=user_id, tenant_id=tenant_id):
+        cache_hit("rbac")
+        return frozenset(entry["permissions"])
+    cache_miss("rbac")
+    permissions = await asyncio.to_thread(_resolve, user_id=user_id, tenant_id=tenant_id)
+    entry = _entry(user_id=user_id, tenant_id=tenant_id, permissions=permissions)
+    await rbac_cache.aset(key, entry)
+    return permissions
+
+
+def _entry(*, user_id: str, tenant_id: str, permissions: frozenset[str]) -> dict:
+    return {
         "user_id": user_id,
         "tenant_id": tenant_id,
         "permissions": sorted(permissions),
         "resolved_at": time.time(),
     }
-    shared_cache_call(lambda: cache.set(key, entry, RBAC_TTL_SECONDS), None)
-    _local.set(local_key, permissions)
+
+
+def _resolved(key: str, *, user_id: str, tenant_id: str, permissions: frozenset[str]) -> frozenset[str]:
+    rbac_cache.set(key, _entry(user_id=user_id, tenant_id=tenant_id, permissions=permissions))
     return permissions
 
 
@@ -110,8 +148,6 @@ def rbac_invalidate(*, user_id: str | None = None, tenant_id: str | None = None)
 
     Returns how many Redis entries were deleted.
     """
-    from gateway.services.invalidation import invalidation_publish
-
     if (user_id is None) != (tenant_id is None):
         raise ValueError("give both user_id and tenant_id, or neither (all)")
     if user_id is None:
@@ -119,25 +155,7 @@ def rbac_invalidate(*, user_id: str | None = None, tenant_id: str | None = None)
         payload: dict = {"event": "rbac.updated", "all": True}
     else:
         key = rbac_cache_key(user_id=user_id, tenant_id=tenant_id or "")
-        deleted = int(bool(shared_cache_call(lambda: cache.delete(key), False)))
+        deleted = int(rbac_cache.shared_delete(key))
         payload = {"event": "rbac.updated", "user_id": user_id, "tenant_id": tenant_id}
-    _on_rbac_invalidated(payload)  # this process now, not only once a surrounding transaction commits
-    invalidation_publish(kind="rbac", payload=payload)
+    rbac_cache.publish(payload)  # this process now, the others after the transaction commits
     return deleted
-
-
-def _on_rbac_invalidated(payload: dict) -> None:
-    if payload.get("resync") or payload.get("all") or "user_id" not in payload:
-        _local.clear()
-    else:
-        _local.delete((str(payload["user_id"]), str(payload.get("tenant_id") or "")))
-
-
-def _ensure_subscribed() -> None:
-    global _subscribed
-    if _subscribed:
-        return
-    from gateway.services.invalidation import invalidation_subscribe
-
-    invalidation_subscribe("rbac", _on_rbac_invalidated)
-    _subscribed = True

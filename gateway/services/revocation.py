@@ -20,15 +20,15 @@ from urllib.parse import quote_plus
 
 import requests
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
 from common.errors import ServiceUnavailable
 from common.local_cache import LocalTTLCache
+from gateway.caching.registry import cache_register
+from gateway.caching.two_level import TwoLevelCache
 from gateway.models import RevokedToken
 from gateway.services.cache_stats import cache_hit, cache_miss
-from gateway.services.shared_cache import shared_cache_call, shared_cache_failed, shared_cache_succeeded
 
 logger = logging.getLogger("gatehouse.auth.revocation")
 
@@ -36,12 +36,39 @@ REVOKED_TTL_SECONDS = 180
 NOT_REVOKED_LOCAL_SECONDS = 1.0  # the "within 1 s on every instance" bound, message or not
 REVOKED_LOCAL_SECONDS = 60.0  # a revocation never goes back, hold it longer
 INTROSPECT_TIMEOUT = (0.5, 2.0)
-DEFAULT_REVOCATION_TTL_SECONDS = 24 * 3600  # when the caller does not know the token's expiry
 
-_local = LocalTTLCache("revoked", ttl_seconds=NOT_REVOKED_LOCAL_SECONDS, max_entries=50_000)
+
+def _decode(key: str, raw: object) -> bool | None:
+    # JSON true/false; the strings "true"/"false" of the SPEC's first format are read as well.
+    if isinstance(raw, bool):
+        return raw
+    return {"true": True, "false": False}.get(raw) if isinstance(raw, str) else None
+
+
+def _on_revoked_message(cache: TwoLevelCache, payload: dict) -> None:
+    jti = payload.get("jti")
+    if payload.get("resync") or payload.get("flush") or not jti:
+        cache.local.clear()
+    else:
+        # The message says this jti is revoked: hold that here, not just forget what we had, so
+        # this instance refuses it even while Redis still holds a stale "false".
+        _remember(str(jti), True)
+
+
+# Keyed by jti locally, `revoked:{jti}` in Redis (JSON true / false).
+revoked_cache = cache_register(
+    TwoLevelCache(
+        "revoked",
+        shared_ttl_seconds=REVOKED_TTL_SECONDS,
+        local_ttl_seconds=NOT_REVOKED_LOCAL_SECONDS,
+        max_local_entries=50_000,
+        decode=_decode,
+        on_invalidate=_on_revoked_message,
+    )
+)
+_local = revoked_cache.local
 # A refused introspection client is logged as an error once a minute, not on every request.
 _client_refusal_logged = LocalTTLCache("introspection-client-refused", ttl_seconds=60, max_entries=1)
-_subscribed = False
 
 
 class RevocationNotShared(ServiceUnavailable):
@@ -57,18 +84,19 @@ def revoked_cache_key(jti: str) -> str:
 def token_is_revoked(*, jti: str, token: str | None = None, expires_at: float | None = None) -> bool:
     """Whether `jti` is revoked. `token` enables introspection on a miss; `expires_at` (epoch
     seconds) bounds how long a positive answer is cached."""
-    _ensure_subscribed()
+    from gateway.services.invalidation import invalidation_poll
+
+    invalidation_poll()
     local = _local.get(jti)
     if local is not None:
         cache_hit("revoked")
         return local
     key = revoked_cache_key(jti)
-    shared = shared_cache_call(lambda: cache.get(key), None)
-    if shared in ("true", "false"):
+    shared = revoked_cache.shared_get(key)
+    if shared is not None:
         cache_hit("revoked")
-        revoked = shared == "true"
-        _remember(jti, revoked)
-        return revoked
+        _remember(jti, shared)
+        return shared
     cache_miss("revoked")
     revoked = RevokedToken.objects.filter(jti=jti).exists()
     cacheable = True
@@ -83,11 +111,34 @@ def token_is_revoked(*, jti: str, token: str | None = None, expires_at: float | 
         if expires_at is not None:  # no point keeping an answer about a token past its expiry
             ttl = max(1, min(ttl, int(expires_at - time.time()) + 1))
         if revoked:
-            shared_cache_call(lambda: cache.set(key, "true", ttl), None)
+            revoked_cache.shared_set(key, True, ttl=ttl)
         else:
             revoked = _cache_not_revoked(key, ttl)
     _remember(jti, revoked)
     return revoked
+
+
+async def token_is_revoked_async(
+    *, jti: str, token: str | None = None, expires_at: float | None = None
+) -> bool:
+    """`token_is_revoked` for the event loop: local layer, then Redis through redis.asyncio; the
+    database / introspection fallback runs in a worker thread, never on the loop."""
+    import asyncio
+
+    from gateway.services.invalidation import invalidation_poll, invalidation_poll_due
+
+    if invalidation_poll_due():
+        await asyncio.to_thread(invalidation_poll)
+    local = _local.get(jti)
+    if local is not None:
+        cache_hit("revoked")
+        return local
+    shared = await revoked_cache.ashared_get(revoked_cache_key(jti))
+    if shared is not None:
+        cache_hit("revoked")
+        _remember(jti, shared)
+        return shared
+    return await asyncio.to_thread(token_is_revoked, jti=jti, token=token, expires_at=expires_at)
 
 
 def _cache_not_revoked(key: str, ttl: int) -> bool:
@@ -96,9 +147,9 @@ def _cache_not_revoked(key: str, ttl: int) -> bool:
     A revocation committed after our database read has already written "true" (its write follows
     its commit); a plain SET would replace it and hide the revocation for the whole TTL.
     """
-    if shared_cache_call(lambda: cache.add(key, "false", ttl), True):
-        return False
-    return shared_cache_call(lambda: cache.get(key), None) == "true"
+    if revoked_cache.shared_add(key, False, ttl=ttl) is not False:
+        return False  # written, or no usable Redis (then nothing there can say "true")
+    return revoked_cache.shared_get(key) is True
 
 
 def _remember(jti: str, revoked: bool) -> None:
@@ -162,15 +213,19 @@ def _log_client_refused(status: int) -> None:
 def token_revoke(
     *, jti: str, expires_at: datetime | None = None, ttl_seconds: int | None = None
 ) -> RevokedToken:
-    """Revoke `jti` until `expires_at` (or now + ttl); idempotent, a later expiry extends it.
+    """Revoke `jti` until the token can no longer be accepted; idempotent, a later expiry extends it.
+
+    `expires_at` is the token's own `exp` (kept until then plus the clock leeway); `ttl_seconds` its
+    remaining life; with neither, the longest lifetime a token may have (JWT_MAX_TOKEN_LIFETIME_SECONDS
+    plus leeway), so a revocation never expires before its token. Never kept past that bound: no
+    accepted token lives longer.
 
     Raises RevocationNotShared (503) when, after the commit, Redis could not be updated; the
     database row stays. Called inside an outer transaction, that surfaces where it commits.
     """
     if not jti or len(jti) > 255:
         raise ValueError("jti must be 1-255 characters")
-    if expires_at is None:
-        expires_at = timezone.now() + timedelta(seconds=ttl_seconds or DEFAULT_REVOCATION_TTL_SECONDS)
+    expires_at = revocation_expiry(expires_at=expires_at, ttl_seconds=ttl_seconds)
     # No check-then-insert: insert-or-ignore, then a conditional update that only ever extends.
     RevokedToken.objects.bulk_create([RevokedToken(jti=jti, expires_at=expires_at)], ignore_conflicts=True)
     RevokedToken.objects.filter(jti=jti, expires_at__lt=expires_at).update(expires_at=expires_at)
@@ -178,6 +233,20 @@ def token_revoke(
     # Not robust: a failure to update Redis must reach the caller (command exits non-zero, API 503).
     transaction.on_commit(lambda: _revocation_announce(jti), robust=False)
     return revoked
+
+
+def revocation_expiry(*, expires_at: datetime | None = None, ttl_seconds: int | None = None) -> datetime:
+    """Until when a revocation must be kept (see `token_revoke`)."""
+    from gateway.services.tokens import max_token_lifetime_seconds
+
+    now = timezone.now()
+    longest = now + timedelta(seconds=max_token_lifetime_seconds())
+    leeway = timedelta(seconds=int(settings.JWT_LEEWAY_SECONDS))
+    if expires_at is not None:
+        return min(expires_at + leeway, longest)
+    if ttl_seconds:
+        return min(now + timedelta(seconds=ttl_seconds) + leeway, longest)
+    return longest
 
 
 def _revocation_announce(jti: str) -> None:
@@ -200,13 +269,13 @@ def _revoked_cache_write(jti: str) -> bool:
     Directly, not through `shared_cache_call`: its breaker skips Redis for 3 s after any failure
     this process saw, and a skipped write would leave a cached "false" in place.
     """
+    if not revoked_cache.shared_enabled():
+        return True  # embedded mode: nothing shared to update (the database is read on a miss)
     try:
-        cache.set(revoked_cache_key(jti), "true", REVOKED_TTL_SECONDS)
-    except Exception as exc:  # django-redis ConnectionInterrupted, redis-py errors
-        shared_cache_failed(exc)
+        revoked_cache.shared_set(revoked_cache_key(jti), True, ttl=REVOKED_TTL_SECONDS, direct=True)
+    except Exception as exc:  # redis-py errors
         logger.error("revocation of %r not written to Redis: %s: %s", jti, type(exc).__name__, exc)
         return False
-    shared_cache_succeeded()
     return True
 
 
@@ -214,23 +283,3 @@ def revoked_tokens_purge(*, now: datetime | None = None) -> int:
     """Delete revocations of tokens that have expired anyway; returns how many."""
     deleted, _ = RevokedToken.objects.filter(expires_at__lt=now or timezone.now()).delete()
     return deleted
-
-
-def _on_revoked_invalidated(payload: dict) -> None:
-    jti = payload.get("jti")
-    if payload.get("resync") or not jti:
-        _local.clear()
-    else:
-        # The message says this jti is revoked: hold that here, not just forget what we had, so
-        # this instance refuses it even while Redis still holds a stale "false".
-        _remember(str(jti), True)
-
-
-def _ensure_subscribed() -> None:
-    global _subscribed
-    if _subscribed:
-        return
-    from gateway.services.invalidation import invalidation_subscribe
-
-    invalidation_subscribe("revoked", _on_revoked_invalidated)
-    _subscribed = True

@@ -13,9 +13,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from common.errors import ApplicationError
-from tests.gateway.fuzz_support import FUZZ
-
 from gateway.routing import PathOutsideRoot, path_normalise
+from tests.gateway.fuzz_support import FUZZ
 
 TRICKY = [
     ".",

@@ -12,6 +12,7 @@ from common.errors import NotAuthenticated
 from common.local_cache import reset_all_local_caches
 from gateway.services.jwks import jwks_refresh
 from gateway.services.tokens import token_authenticate
+from tests.support.redis_json import redis_json, redis_json_set  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +31,7 @@ def test_jwks_is_fetched_once_then_served_from_cache(token_service):
         assert _ok(token_service, sub=f"user-{n}") == f"user-{n}"
 
     assert token_service.fetch_count == 1
-    entry = cache.get("jwks:public_key")
+    entry = redis_json("jwks:public_key")
     assert [key["kid"] for key in entry["keys"]] == [token_service.signing_key.kid]
     assert entry["fetched_at"] > 0
     assert 0 < cache.ttl("jwks:public_key") <= 600
@@ -154,7 +155,7 @@ def test_internal_jwks_rotated_endpoint_refreshes_the_keys(client, token_service
     assert response.status_code == 202
     assert response.json() == {"event": "jwt.jwks.rotated", "keys": 1}
     assert token_service.fetch_count == 2
-    assert [key["kid"] for key in cache.get("jwks:public_key")["keys"]] == [token_service.signing_key.kid]
+    assert [key["kid"] for key in redis_json("jwks:public_key")["keys"]] == [token_service.signing_key.kid]
     _refused(old_token)
 
 

@@ -10,6 +10,7 @@ from common.errors import PermissionDenied, ServiceUnavailable
 from common.local_cache import reset_all_local_caches
 from gateway.services.auth import request_identity
 from gateway.types import ResolvedRoute, RouteMatch
+from tests.support.redis_json import redis_json, redis_json_set  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +55,7 @@ def test_resolver_grants_and_its_answer_is_cached_in_redis(token_service, rbac_r
 
     assert first.permissions == second.permissions == frozenset({"order.read", "order.write"})
     assert rbac_resolver.calls == [("u-1", "t-1")]
-    entry = cache.get("rbac:u-1:t-1")
+    entry = redis_json("rbac:u-1:t-1")
     assert entry["user_id"] == "u-1" and entry["tenant_id"] == "t-1"
     assert sorted(entry["permissions"]) == ["order.read", "order.write"]
     assert entry["resolved_at"] > 0
@@ -123,7 +124,7 @@ def test_invalidate_command_for_one_user_makes_the_next_request_see_new_permissi
 
     identity = request_identity(authorization=token_service.bearer(sub="u-1"), match=_match("order.write"))
     assert "order.write" in identity.permissions
-    assert cache.get("rbac:u-2:t-1") is not None  # the other user's entry stays
+    assert redis_json("rbac:u-2:t-1") is not None  # the other user's entry stays
     assert rbac_resolver.calls.count(("u-1", "t-1")) == 2
 
 
@@ -134,7 +135,7 @@ def test_invalidate_all(token_service, rbac_resolver):
 
     call_command("rbac_invalidate", all=True)
 
-    assert cache.get("rbac:u-1:t-1") is None and cache.get("rbac:u-2:t-1") is None
+    assert redis_json("rbac:u-1:t-1") is None and redis_json("rbac:u-2:t-1") is None
     request_identity(authorization=token_service.bearer(sub="u-1"), match=_match())
     assert rbac_resolver.call_count == 3
 
@@ -226,7 +227,7 @@ def test_internal_rbac_updated_endpoint_for_all(client, token_service, rbac_reso
 
     assert response.status_code == 202
     assert response.json()["deleted"] == 2
-    assert cache.get("rbac:u-1:t-1") is None
+    assert redis_json("rbac:u-1:t-1") is None
 
 
 @pytest.mark.parametrize("body", [{}, {"all": True, "user_id": "u-1"}])
@@ -266,7 +267,7 @@ def test_a_cached_entry_for_another_user_or_tenant_is_a_miss(token_service, rbac
     from gateway.services.rbac import rbac_cache_key
 
     # given: the entry under u-1/t-1's key belongs to someone else (a collision, an old key format)
-    cache.set(
+    redis_json_set(
         rbac_cache_key(user_id="u-1", tenant_id="t-1"),
         {"user_id": "u-9", "tenant_id": "t-1", "permissions": ["order.write"], "resolved_at": 1.0},
         300,
@@ -277,4 +278,4 @@ def test_a_cached_entry_for_another_user_or_tenant_is_a_miss(token_service, rbac
         request_identity(authorization=token_service.bearer(sub="u-1"), match=_match("order.write"))
 
     assert rbac_resolver.calls == [("u-1", "t-1")]
-    assert cache.get("rbac:u-1:t-1")["user_id"] == "u-1"  # replaced by the resolver's answer
+    assert redis_json("rbac:u-1:t-1")["user_id"] == "u-1"  # replaced by the resolver's answer

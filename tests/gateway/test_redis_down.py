@@ -26,6 +26,13 @@ def test_proxy_serves_while_redis_is_unreachable(http_server_factory, gateway_pr
     assert all(r.content == b"still here" for r in responses)
     assert len(upstream.requests) == 5  # the response cache is skipped, not faked
     assert elapsed < 5
+    # Readiness fails only for the database: a Redis outage must not pull every instance out.
     ready = requests.get(f"{gateway}/readyz", timeout=10)
-    assert ready.status_code == 503
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["checks"]["database"] == "ok"
     assert ready.json()["checks"]["cache"].startswith("unavailable")
+    assert "cache" in ready.json()["degraded"]
+    metrics = requests.get(f"{gateway}/metrics", timeout=10).text
+    assert 'gatehouse_dependency_up{dependency="cache"} 0.0' in metrics
+    assert 'gatehouse_dependency_up{dependency="database"} 1.0' in metrics

@@ -14,6 +14,7 @@ from gateway.models import RevokedToken
 from gateway.services.invalidation import invalidation_publish
 from gateway.services.revocation import revoked_tokens_purge, token_revoke
 from gateway.services.tokens import token_authenticate
+from tests.support.redis_json import redis_json, redis_json_set  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +47,7 @@ def test_revoke_command_refuses_that_token_only(token_service, django_capture_on
 
     assert not _accepted(revoked)
     assert _accepted(other)
-    assert cache.get("revoked:jti-revoked") == "true"
+    assert redis_json("revoked:jti-revoked") is True
     assert 0 < cache.ttl("revoked:jti-revoked") <= 180
     assert RevokedToken.objects.filter(jti="jti-revoked").exists()
 
@@ -100,7 +101,7 @@ def test_a_revocation_landing_between_the_db_read_and_the_cache_write_is_not_ove
     # then: "true" stays (the reader's "false" is only written where nothing is cached), and the
     # reader itself, finding "true" there, refuses
     assert revoked_meanwhile
-    assert cache.get("revoked:jti-race") == "true"
+    assert redis_json("revoked:jti-race") is True
     assert not in_flight_accepted
     assert not _accepted(bearer)
 
@@ -115,7 +116,7 @@ def test_a_revoked_message_refuses_the_token_even_if_redis_still_says_false(
     with django_capture_on_commit_callbacks(execute=True):
         invalidation_publish(kind="revoked", payload={"jti": "jti-msg"})
 
-    assert cache.get("revoked:jti-msg") == "false"
+    assert redis_json("revoked:jti-msg") is False
     assert not _accepted(bearer)
 
 
@@ -132,7 +133,7 @@ def test_revoking_writes_redis_even_right_after_this_process_saw_a_redis_failure
     with django_capture_on_commit_callbacks(execute=True):
         call_command("revoke_token", "jti-1")
 
-    assert cache.get("revoked:jti-1") == "true"
+    assert redis_json("revoked:jti-1") is True
     reset_all_local_caches()
     assert not _accepted(bearer)
 
@@ -175,7 +176,7 @@ def test_a_miss_without_introspection_means_not_revoked(token_service, settings)
 
     assert _accepted(token_service.bearer(jti="jti-1"))
     assert token_service.introspection_count == 0
-    assert cache.get("revoked:jti-1") == "false"
+    assert redis_json("revoked:jti-1") is False
 
 
 def test_introspection_inactive_token_is_refused_and_the_answer_cached(token_service):
@@ -188,7 +189,7 @@ def test_introspection_inactive_token_is_refused_and_the_answer_cached(token_ser
     assert not _accepted(bearer)
 
     assert token_service.introspection_count == 1
-    assert cache.get("revoked:jti-1") == "true"
+    assert redis_json("revoked:jti-1") is True
 
 
 def test_introspection_active_token_is_accepted_and_cached(token_service):
@@ -199,7 +200,7 @@ def test_introspection_active_token_is_accepted_and_cached(token_service):
         reset_all_local_caches()
 
     assert token_service.introspection_count == 1
-    assert cache.get("revoked:jti-1") == "false"
+    assert redis_json("revoked:jti-1") is False
 
 
 def test_introspection_authenticates_the_gateway_with_http_basic(token_service):
@@ -224,7 +225,7 @@ def test_introspection_refusing_the_gateway_is_logged_as_a_configuration_error(
         # like an outage: not refused (database revocations still apply), not cached
         assert _accepted(token_service.bearer(jti="jti-1"))
 
-    assert cache.get("revoked:jti-1") is None
+    assert redis_json("revoked:jti-1") is None
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
     assert errors and "TOKEN_INTROSPECT_CLIENT_ID" in errors[0].getMessage()
     assert "401" in errors[0].getMessage()
@@ -242,7 +243,7 @@ def test_introspection_outage_does_not_refuse_valid_tokens_but_db_revocations_ho
     reset_all_local_caches()
 
     assert _accepted(token_service.bearer(jti="jti-ok"))
-    assert cache.get("revoked:jti-ok") is None  # not cached: asked again next time
+    assert redis_json("revoked:jti-ok") is None  # not cached: asked again next time
     assert not _accepted(token_service.bearer(jti="jti-revoked"))
 
 
@@ -267,18 +268,26 @@ def test_internal_endpoint_revokes_with_the_shared_secret(
 
 
 def test_internal_endpoint_accepts_expires_at(client, settings, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     settings.GATEWAY_INTERNAL_TOKEN = INTERNAL_SECRET
+    expires_at = (timezone.now() + timedelta(hours=5)).replace(microsecond=0)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
             "/internal/revocations",
-            {"jti": "j", "expires_at": "2030-01-01T00:00:00Z"},
+            {"jti": "j", "expires_at": expires_at.isoformat()},
             content_type="application/json",
             HTTP_AUTHORIZATION=f"Bearer {INTERNAL_SECRET}",
         )
 
     assert response.status_code == 201
-    assert RevokedToken.objects.get(jti="j").expires_at.year == 2030
+    # kept until the token's exp plus the clock leeway (a token is accepted that long)
+    assert RevokedToken.objects.get(jti="j").expires_at == expires_at + timedelta(
+        seconds=settings.JWT_LEEWAY_SECONDS
+    )
 
 
 @pytest.mark.parametrize(

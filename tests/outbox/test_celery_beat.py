@@ -120,3 +120,74 @@ def test_beat_entries_expire_before_their_next_tick_whatever_the_configured_inte
     assert schedule["outbox-relay"]["schedule"] == timedelta(seconds=2)
     for name, entry in schedule.items():
         assert 0 < entry["options"]["expires"] < entry["schedule"].total_seconds(), name
+
+
+# --- the lock in PostgreSQL: Redis is not needed ------------------------------------------------
+
+
+def _pg_lock(key: int):
+    from django.db import connection
+
+    from config.celery import PostgresAdvisoryBeatLock, _postgres_connect_kwargs
+
+    return PostgresAdvisoryBeatLock(_postgres_connect_kwargs(connection.settings_dict), key)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_redis_unreachable_one_beat_schedules_and_the_second_stays_idle(settings):
+    from tests.support.servers import free_port
+
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URL = dead_redis
+    settings.BEAT_LOCK_REDIS_URL = ""
+    settings.BEAT_LOCK_ADVISORY_KEY = 424242
+    from config.celery import PostgresAdvisoryBeatLock, beat_lock_from_settings
+
+    assert isinstance(beat_lock_from_settings(), PostgresAdvisoryBeatLock)
+    sent: list[str] = []
+
+    def record(sender=None, **_):  # type: ignore[no-untyped-def]
+        sent.append(sender)
+
+    schedule = {
+        "relay": {
+            "task": "outbox.tasks.outbox_relay",
+            "schedule": timedelta(seconds=1),
+            "options": {"expires": 1},
+        }
+    }
+    beats = [GuardedScheduler(app=celery_app, lock=beat_lock_from_settings(), lazy=True) for _ in range(2)]
+    signals.before_task_publish.connect(record, weak=False)
+    try:
+        for beat in beats:
+            beat.setup_schedule = lambda: None  # type: ignore[method-assign]
+            beat.merge_inplace(schedule)
+            for entry in beat.schedule.values():
+                entry.last_run_at = entry.default_now() - timedelta(seconds=5)
+        for _ in range(3):
+            for beat in beats:
+                beat.tick()
+        assert [beat.is_leader for beat in beats] == [True, False]
+        assert sent == ["outbox.tasks.outbox_relay"]
+        # the leader dies (its connection closes): the second takes over on its next tick
+        beats[0].lock._conn.close()
+        beats[0].lock._conn = None
+        assert beats[1].lock.acquire() is True
+    finally:
+        signals.before_task_publish.disconnect(record)
+        for beat in beats:
+            beat.lock.release()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_advisory_lock_is_exclusive_and_released():
+    first, second = _pg_lock(515151), _pg_lock(515151)
+    try:
+        assert first.acquire() is True
+        assert first.acquire() is True  # renewing a held lock
+        assert second.acquire() is False
+        first.release()
+        assert second.acquire() is True
+    finally:
+        first.release()
+        second.release()
