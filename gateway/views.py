@@ -23,6 +23,7 @@ from django.db import close_old_connections, connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from adminsite.recording import dashboard_record
 from common.correlation import (
     accept_correlation_id,
     get_correlation_id,
@@ -189,6 +190,7 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
             route_label[0], method if method in _KNOWN_METHODS else "OTHER", str(status)
         ).inc()
         metrics.request_duration.labels(route_label[0]).observe(time.perf_counter() - started)
+        dashboard_record(route=route_label[0], status=status, duration=time.perf_counter() - started)
 
 
 def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> HttpResponseBase:
