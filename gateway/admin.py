@@ -166,7 +166,9 @@ class RouteAdmin(admin.ModelAdmin):
 
     @admin.display(description="methods")
     def method_list(self, obj: Route) -> str:
-        return ", ".join(obj.methods or [])
+        if set(obj.methods or []) >= set(HTTP_METHODS):
+            return "any"
+        return " ".join(obj.methods or [])
 
     @admin.display(description="path pattern", ordering="path")
     def pattern(self, obj: Route) -> str:

@@ -48,8 +48,7 @@ class OrderAdmin(ReadOnlyChangeMixin, admin.ModelAdmin):
         "status",
         "user_id",
         "tenant_id",
-        "total_amount",
-        "currency",
+        "total",
         "expiration_time",
         "created_at",
     )
@@ -90,6 +89,10 @@ class OrderAdmin(ReadOnlyChangeMixin, admin.ModelAdmin):
     @admin.display(description="order", ordering="id")
     def short_order_id(self, obj: Order) -> str:
         return short_id(obj.pk)
+
+    @admin.display(description="total", ordering="total_amount")
+    def total(self, obj: Order) -> str:
+        return f"{obj.total_amount} {obj.currency}"
 
     def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
         return False  # an order's history is kept; cancel or expire it instead
