@@ -10,6 +10,7 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("admin/dashboard/", include("adminsite.urls")),  # before admin/: the staff dashboard
     path("admin/", admin.site.urls),
     path("api/", include("idempotency.urls")),
     path("api/", include("orders.urls")),

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from adminsite.display import truncated
 from gateway.models import HTTP_METHODS, RevokedToken, Route, Service, ServiceTarget
 from gateway.routing import service_target_url_errors
 from gateway.services.response_cache import response_cache_invalidate
@@ -148,18 +149,10 @@ class MethodListFilter(admin.SimpleListFilter):
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
     form = RouteForm
-    list_display = [
-        "path",
-        "method_list",
-        "service",
-        "auth_required",
-        "required_permission",
-        "cache_ttl_seconds",
-        "idempotency",
-        "priority",
-        "enabled",
-        "updated_at",
-    ]
+    # Seven columns that fit 1 400 px beside the admin's navigation: access and the upstream
+    # options are folded into one column each, the pattern is cut (full one on hover).
+    list_display = ["pattern", "method_list", "service", "access", "options", "enabled", "updated_at"]
+    list_display_links = ["pattern"]
     list_filter = ["enabled", "auth_required", "idempotency", MethodListFilter, "service"]
     search_fields = ["path", "service__name", "required_permission", "rewrite"]
     list_select_related = ["service"]
@@ -173,7 +166,30 @@ class RouteAdmin(admin.ModelAdmin):
 
     @admin.display(description="methods")
     def method_list(self, obj: Route) -> str:
-        return ", ".join(obj.methods or [])
+        if set(obj.methods or []) >= set(HTTP_METHODS):
+            return "any"
+        return " ".join(obj.methods or [])
+
+    @admin.display(description="path pattern", ordering="path")
+    def pattern(self, obj: Route) -> str:
+        return truncated(obj.path)
+
+    @admin.display(description="access", ordering="auth_required")
+    def access(self, obj: Route) -> str:
+        if not obj.auth_required:
+            return "public"
+        return f"token · {obj.required_permission}" if obj.required_permission else "token"
+
+    @admin.display(description="options")
+    def options(self, obj: Route) -> str:
+        parts = []
+        if obj.cache_ttl_seconds:
+            parts.append(f"cache {obj.cache_ttl_seconds} s")
+        if obj.idempotency != Route.Idempotency.OFF:
+            parts.append(f"idempotency {obj.idempotency}")
+        if obj.priority:
+            parts.append(f"priority {obj.priority}")
+        return " · ".join(parts) or "–"
 
     def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
         route_save(route=obj)

@@ -24,6 +24,7 @@ from django.db import close_old_connections, connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from adminsite.recording import dashboard_record
 from common.correlation import (
     accept_correlation_id,
     get_correlation_id,
@@ -219,6 +220,7 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
             label, method if method in _KNOWN_METHODS else "OTHER", str(status)
         ).inc()
         metrics.request_duration.labels(label).observe(time.perf_counter() - started)
+        dashboard_record(route=label, status=status, duration=time.perf_counter() - started)
 
 
 def gateway_pipeline(request: HttpRequest, method: str) -> GatewayResult:

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from adminsite.display import truncated
 from idempotency.models import IdempotencyRecord
 
 
@@ -11,7 +12,16 @@ from idempotency.models import IdempotencyRecord
 class IdempotencyRecordAdmin(admin.ModelAdmin):
     """Read-only: records are written only by the idempotency services."""
 
-    list_display = ("key", "scope", "method", "path", "status", "response_status", "created_at", "expires_at")
+    list_display = (
+        "short_key",
+        "short_scope",
+        "method",
+        "short_path",
+        "status",
+        "response_status",
+        "created_at",
+        "expires_at",
+    )
     list_filter = ("status", "method")
     search_fields = ("key",)
     search_help_text = "Exact Idempotency-Key"
@@ -49,6 +59,18 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
         if not search_term:
             return queryset, False
         return queryset.filter(key=search_term.strip()), False
+
+    @admin.display(description="key", ordering="key")
+    def short_key(self, obj: IdempotencyRecord) -> str:
+        return truncated(obj.key)
+
+    @admin.display(description="scope", ordering="scope")
+    def short_scope(self, obj: IdempotencyRecord) -> str:
+        return truncated(obj.scope)
+
+    @admin.display(description="path", ordering="path")
+    def short_path(self, obj: IdempotencyRecord) -> str:
+        return truncated(obj.path)
 
     @admin.display(description="Response body (first 2 KiB)")
     def response_body_preview(self, obj: IdempotencyRecord) -> str:

@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from adminsite.display import short_id
+from adminsite.readonly import ReadOnlyChangeMixin
 from common.errors import ApplicationError
 from orders import services
 from orders.models import Order, OrderItem, ProcessedEvent
@@ -40,14 +42,13 @@ def _apply(
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(ReadOnlyChangeMixin, admin.ModelAdmin):
     list_display = (
-        "id",
+        "short_order_id",
         "status",
         "user_id",
         "tenant_id",
-        "total_amount",
-        "currency",
+        "total",
         "expiration_time",
         "created_at",
     )
@@ -85,6 +86,14 @@ class OrderAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # orders are created through the API (totals, events, idempotency)
 
+    @admin.display(description="order", ordering="id")
+    def short_order_id(self, obj: Order) -> str:
+        return short_id(obj.pk)
+
+    @admin.display(description="total", ordering="total_amount")
+    def total(self, obj: Order) -> str:
+        return f"{obj.total_amount} {obj.currency}"
+
     def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
         return False  # an order's history is kept; cancel or expire it instead
 
@@ -102,11 +111,19 @@ class OrderAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProcessedEvent)
-class ProcessedEventAdmin(admin.ModelAdmin):
-    list_display = ("event_id", "consumer_group_name", "outcome", "order_id", "processed_at")
+class ProcessedEventAdmin(ReadOnlyChangeMixin, admin.ModelAdmin):
+    list_display = ("short_event_id", "consumer_group_name", "outcome", "short_order_id", "processed_at")
     list_filter = ("consumer_group_name", "outcome")
     search_fields = ("=event_id", "=order_id")
     readonly_fields = ("event_id", "consumer_group_name", "outcome", "order_id", "processed_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(description="event id", ordering="event_id")
+    def short_event_id(self, obj: ProcessedEvent) -> str:
+        return short_id(obj.event_id)
+
+    @admin.display(description="order", ordering="order_id")
+    def short_order_id(self, obj: ProcessedEvent) -> str:
+        return short_id(obj.order_id)

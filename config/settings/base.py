@@ -8,6 +8,8 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 VAR_DIR = env.path("GATEHOUSE_VAR_DIR", default=str(BASE_DIR / "var"))
 
 INSTALLED_APPS = [
+    # Before django.contrib.admin: its templates (admin/base_site.html…) override the stock ones.
+    "adminsite",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -111,6 +113,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Admin times to the second (orders live 15 minutes): adminsite/formats/en/formats.py.
+FORMAT_MODULE_PATH = ["adminsite.formats"]
 STATIC_URL = "static/"
 # Set where `collectstatic` runs (the Docker image); otherwise whitenoise serves from the apps.
 STATIC_ROOT = env("STATIC_ROOT", default=None)
@@ -214,6 +218,12 @@ OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=500)
 OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=60)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
 OUTBOX_RELAY_INTERVAL_SECONDS = env.int("OUTBOX_RELAY_INTERVAL_SECONDS", default=5)
+
+# --- Staff dashboard (adminsite) -----------------------------------------------------------
+# How often each process writes its request counts and circuit states to the shared store.
+DASHBOARD_FLUSH_SECONDS = env.float("DASHBOARD_FLUSH_SECONDS", default=2.0)
+# "Expiring soon" on the dashboard: pending orders due within this many minutes.
+DASHBOARD_EXPIRING_MINUTES = env.int("DASHBOARD_EXPIRING_MINUTES", default=5)
 
 # --- Logging: JSON lines carrying the correlation id ----------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")

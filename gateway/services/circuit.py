@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from adminsite.recording import dashboard_circuit_changed
 from common import local_cache
 
 
@@ -50,7 +51,8 @@ def circuit_allow(*, target: str) -> bool:
         if time.monotonic() < state.open_until or state.probing:
             return False
         state.probing = True
-        return True
+    dashboard_circuit_changed(target=target, state="half_open", failures=state.failures, open_until=0.0)
+    return True
 
 
 def circuit_retry_after(*, target: str) -> int:
@@ -66,21 +68,28 @@ def circuit_record_success(*, target: str) -> None:
     if state is not None and (state.failures or state.open_until):
         with _circuits.lock:
             _circuits.states.pop(target, None)
+        dashboard_circuit_changed(target=target, state="closed", failures=0, open_until=0.0)
 
 
 def circuit_record_failure(*, target: str) -> bool:
     """Count a failure; returns True when this failure opened the circuit."""
     with _circuits.lock:
         state = _circuits.states.setdefault(target, _TargetState())
+        opened = False
         if state.probing:  # the half-open probe failed: open again for a full period
             state.probing = False
             state.open_until = time.monotonic() + settings.GATEWAY_CIRCUIT_RESET_SECONDS
-            return True
-        state.failures += 1
-        if state.failures >= settings.GATEWAY_CIRCUIT_FAILURES and not state.open_until:
-            state.open_until = time.monotonic() + settings.GATEWAY_CIRCUIT_RESET_SECONDS
-            return True
-        return False
+            opened = True
+        else:
+            state.failures += 1
+            if state.failures >= settings.GATEWAY_CIRCUIT_FAILURES and not state.open_until:
+                state.open_until = time.monotonic() + settings.GATEWAY_CIRCUIT_RESET_SECONDS
+                opened = True
+    if opened:  # the staff dashboard shows open circuits (adminsite.recording)
+        dashboard_circuit_changed(
+            target=target, state="open", failures=state.failures, open_until=state.open_until
+        )
+    return opened
 
 
 def circuit_release_probe(*, target: str) -> None:
