@@ -4,12 +4,27 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from outbox.models import OutboxEvent
+from outbox.models import OutboxDeliveryAttempt, OutboxEvent
 from outbox.services import outbox_replay
+
+
+class OutboxDeliveryAttemptInline(admin.TabularInline):
+    """Every delivery attempt of the event: when, attempt number, outcome, duration, error."""
+
+    model = OutboxDeliveryAttempt
+    extra = 0
+    fields = ("attempt_number", "created_at", "status", "duration_ms", "error")
+    readonly_fields = fields
+    can_delete = False
+    ordering = ("attempt_number", "id")
+
+    def has_add_permission(self, request: HttpRequest, obj: OutboxEvent | None = None) -> bool:
+        return False
 
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(admin.ModelAdmin):
+    inlines = (OutboxDeliveryAttemptInline,)
     list_display = (
         "sequence",
         "type",
