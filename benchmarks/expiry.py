@@ -56,7 +56,7 @@ def main() -> None:
     from django.db import connection
     from django.utils import timezone
 
-    from orders import services
+    from orders import expiry
 
     call_command("migrate", verbosity=0)
     with connection.cursor() as cursor:
@@ -103,7 +103,7 @@ def main() -> None:
 
     def sweep() -> None:
         try:
-            results.append(services.order_expire_due(now=now, batch_size=args.batch_size, progress=progress))
+            results.append(expiry.order_expire_due(now=now, batch_size=args.batch_size, progress=progress))
         finally:
             connection.close()
 

@@ -17,9 +17,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from idempotency.decorators import idempotent
-from orders import selectors, services
+from orders import payments, selectors, services
+from orders.errors import OrderNotFound
 from orders.models import Order
-from orders.services import OrderNotFound
 
 E164_REGEX = r"^\+[1-9][0-9]{1,14}$"
 CURRENCY_REGEX = r"^[A-Z]{3}$"
@@ -180,7 +180,8 @@ class PaymentEventApi(APIView):
 
     @extend_schema(
         operation_id="payment_events_create",
-        request=OpenApiTypes.OBJECT,
+        # The body the one shared parser (orders/payments.py) accepts, field by field.
+        request=payments.PaymentEventSerializer,
         responses={200: OutputSerializer},
         parameters=[
             OpenApiParameter("X-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True),
@@ -190,14 +191,14 @@ class PaymentEventApi(APIView):
     def post(self, request: Request) -> Response:
         # The signature covers the bytes as sent: verify before anything parses them, and before
         # an Idempotency-Key is claimed (an unsigned request must not be able to burn a key).
-        services.payment_signature_verify(body=request.body, signature=request.headers.get("X-Signature"))
+        payments.payment_signature_verify(body=request.body, signature=request.headers.get("X-Signature"))
         return self._handle_verified(request)
 
     # Optional key (SPEC §4): processed_events already makes the event itself exactly-once.
     @idempotent(required=False)
     def _handle_verified(self, request: Request) -> Response:
-        event = services.payment_event_parse(body=request.body)
-        result = services.payment_event_handle(event=event, channel="http")
+        event = payments.payment_event_parse(body=request.body)
+        result = payments.payment_event_handle(event=event, channel="http")
         return Response(self.OutputSerializer(result).data, status=status.HTTP_200_OK)
 
 

@@ -21,7 +21,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.message import Message
 
 from common.errors import ApplicationError
-from orders import services
+from orders import payments
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def payment_events_consume(
 def _handle_message(message: Message, *, dead_letters: Producer, dead_queue: Queue) -> str:
     body = message.body
     try:
-        event = services.payment_event_parse(body=body)
-        result = services.payment_event_handle(event=event, channel="broker")
+        event = payments.payment_event_parse(body=body)
+        result = payments.payment_event_handle(event=event, channel="broker")
     except (OperationalError, InterfaceError) as exc:
         # The database is down: this is not the message's fault. Put it back and stop.
         message.requeue()

@@ -1,9 +1,8 @@
-"""Reads of orders, and the one helper that row-locks them."""
+"""Reads of orders (row locks are in orders/locks.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 
 from django.db.models import Prefetch, QuerySet
@@ -32,16 +31,3 @@ def order_due_queryset(*, now: datetime) -> QuerySet[Order]:
 
 def order_due_count(*, now: datetime) -> int:
     return order_due_queryset(now=now).count()
-
-
-def orders_lock(*, order_ids: Iterable[uuid.UUID | str], **owner: str) -> list[Order]:
-    """Row-lock orders (SELECT … FOR UPDATE) in primary-key order.
-
-    Every code path that locks more than one order, or an order after other rows, goes through
-    here: always taking locks in pk order means two lockers can never deadlock on each other.
-    `owner` (user_id=…, tenant_id=…) narrows the lock to the caller's own orders. Must run inside
-    a transaction.
-    """
-    return list(
-        Order.objects.select_for_update(of=("self",)).filter(pk__in=list(order_ids), **owner).order_by("pk")
-    )

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 
 from adminsite.display import short_id
 from adminsite.readonly import ReadOnlyChangeMixin
-from outbox.models import OutboxEvent
+from outbox.models import OutboxDeliveryAttempt, OutboxEvent
 from outbox.services import outbox_replay
 
 PENDING_NOT_DELETABLE = (
@@ -18,8 +18,23 @@ PENDING_NOT_DELETABLE = (
 )
 
 
+class OutboxDeliveryAttemptInline(admin.TabularInline):
+    """Every delivery attempt of the event: when, attempt number, outcome, duration, error."""
+
+    model = OutboxDeliveryAttempt
+    extra = 0
+    fields = ("attempt_number", "created_at", "status", "duration_ms", "error")
+    readonly_fields = fields
+    can_delete = False
+    ordering = ("attempt_number", "id")
+
+    def has_add_permission(self, request: HttpRequest, obj: OutboxEvent | None = None) -> bool:
+        return False
+
+
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(ReadOnlyChangeMixin, admin.ModelAdmin):
+    inlines = (OutboxDeliveryAttemptInline,)
     list_display = (
         "sequence",
         "type",

@@ -66,3 +66,28 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.aggregatetype}:{self.aggregateid}"
+
+
+class OutboxDeliveryAttempt(models.Model):
+    """One try at delivering an event (as Saleor's EventDeliveryAttempt): when, how long, outcome.
+
+    `OutboxEvent.last_error` keeps the latest error (SPEC §6); these rows keep every one. Deleted
+    with their event when the published-events purge removes it."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILED = "failed", "Failed"
+
+    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, related_name="delivery_attempts")
+    attempt_number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error = models.TextField(blank=True)
+    duration_ms = models.FloatField(help_text="Time the publisher took for the wave holding this event")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "outbox_delivery_attempt"
+        ordering = ["event", "attempt_number", "id"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt_number} of {self.event_id}: {self.status}"

@@ -33,7 +33,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from outbox import metrics
-from outbox.models import OutboxEvent
+from outbox.models import OutboxDeliveryAttempt, OutboxEvent
 from outbox.publishers import Failures, Publisher, RelayEvent, publisher_from_settings
 
 logger = logging.getLogger(__name__)
@@ -396,6 +396,7 @@ def _relay_round(
     failures: Failures = {}
     released: list[UUID] = []
     prefetched: list[RelayEvent] | None = None
+    attempts: list[OutboxDeliveryAttempt] = []
     overlap = prefetch and hasattr(publisher, "send") and hasattr(publisher, "wait")
     # Stop starting waves well before the lease ends (a slow webhook receiver): past it another
     # relay may claim the same events and the two would interleave.
@@ -406,12 +407,14 @@ def _relay_round(
             logger.warning("outbox: lease half spent, %d claimed events handed back", len(released))
             break
         wave = [queue.popleft() for queue in queues.values()]
+        wave_started = time.monotonic()
         if overlap and all(not queue for queue in queues.values()):  # the last wave
             publisher.send(wave)  # type: ignore[attr-defined]
             prefetched = outbox_claim(batch_size=batch_size)
             wave_failures = publisher.wait()  # type: ignore[attr-defined]
         else:
             wave_failures = publisher.publish(wave)
+        attempts.extend(_delivery_attempts(wave, wave_failures, started=wave_started))
         for event in wave:
             key = (event.aggregatetype, event.aggregateid)
             if event.id in wave_failures:
@@ -443,7 +446,31 @@ def _relay_round(
     if released:
         result.released = len(released)
         outbox_release(ids=released)
+    if attempts:
+        # After the marks: a lost INSERT here loses history, never a delivery state.
+        OutboxDeliveryAttempt.objects.bulk_create(attempts)
     return result, prefetched
+
+
+def _delivery_attempts(
+    wave: list[RelayEvent], failures: Failures, *, started: float
+) -> list[OutboxDeliveryAttempt]:
+    """One attempt row per event of a published wave (its duration is the wave's)."""
+    now = timezone.now()
+    duration_ms = (time.monotonic() - started) * 1000
+    return [
+        OutboxDeliveryAttempt(
+            event_id=event.id,
+            attempt_number=event.attempts + 1,
+            status=OutboxDeliveryAttempt.Status.FAILED
+            if event.id in failures
+            else OutboxDeliveryAttempt.Status.SUCCESS,
+            error=failures.get(event.id, "")[:2000],
+            duration_ms=duration_ms,
+            created_at=now,
+        )
+        for event in wave
+    ]
 
 
 def outbox_relay_drain(

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from celery import current_app
 from django.db import NotSupportedError, models, transaction
 from django.db.models import NOT_PROVIDED
 from django.utils import timezone
@@ -25,6 +26,7 @@ class OutboxOutsideTransaction(ApplicationError):
     status, slug, title = 500, "outbox-outside-transaction", "Outbox write outside a transaction"
 
 
+RELAY_TASK_NAME = "outbox.tasks.outbox_relay"  # outbox/tasks.py registers it under this name
 _NUDGE_PAUSE_AFTER_FAILURE_SECONDS = 10.0
 _NUDGE_WINDOW_SECONDS = 0.2
 
@@ -54,9 +56,8 @@ def _nudge_relay() -> None:
             countdown = _NUDGE_WINDOW_SECONDS
             _NudgeState.trailing_runs_at = now + _NUDGE_WINDOW_SECONDS
     try:
-        from outbox.tasks import outbox_relay
-
-        outbox_relay.apply_async(retry=False, expires=60, countdown=countdown)
+        # By its registered name: outbox/tasks.py imports this module, never the other way.
+        current_app.send_task(RELAY_TASK_NAME, retry=False, expires=60, countdown=countdown)
     except Exception as exc:
         with _NudgeState.lock:
             _NudgeState.paused_until = time.monotonic() + _NUDGE_PAUSE_AFTER_FAILURE_SECONDS

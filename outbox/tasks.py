@@ -6,10 +6,11 @@ from celery import shared_task
 from django.conf import settings
 
 from outbox.relay import outbox_relay_drain
+from outbox.services import RELAY_TASK_NAME
 from outbox.services import outbox_purge_published as purge_published
 
 
-@shared_task(name="outbox.tasks.outbox_relay", ignore_result=True)
+@shared_task(name=RELAY_TASK_NAME, ignore_result=True)
 def outbox_relay() -> int:
     """Relay until nothing is claimable; bounded so a huge backlog never hits the time limit."""
     budget = max(1.0, settings.CELERY_TASK_SOFT_TIME_LIMIT / 2)

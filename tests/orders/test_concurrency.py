@@ -14,7 +14,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from orders import services
+from orders import errors, expiry, payments, services
 from orders.models import Order, OrderStatus, ProcessedEvent
 from outbox.models import OutboxEvent
 from tests.orders.factories import OrderFactory, overdue_orders_bulk
@@ -38,8 +38,8 @@ def run_together(*calls: Callable[[], Any]) -> list[Any]:
         return [future.result(timeout=60) for future in futures]
 
 
-def success_event(order: Order, event_id: str) -> services.PaymentEvent:
-    return services.PaymentEvent(
+def success_event(order: Order, event_id: str) -> payments.PaymentEvent:
+    return payments.PaymentEvent(
         event_id=event_id,
         type="payment.success",
         order_id=order.id,
@@ -62,7 +62,7 @@ def test_same_payment_event_twice_at_once_applies_once():
     event = success_event(order, "evt-twin")
 
     results = run_together(
-        lambda: services.payment_event_handle(event=event), lambda: services.payment_event_handle(event=event)
+        lambda: payments.payment_event_handle(event=event), lambda: payments.payment_event_handle(event=event)
     )
 
     assert sorted(result.duplicate for result in results) == [False, True]
@@ -77,15 +77,15 @@ def test_two_different_success_events_for_one_order_pay_it_once():
     order = OrderFactory()
 
     results = run_together(
-        lambda: services.payment_event_handle(event=success_event(order, "evt-1")),
-        lambda: services.payment_event_handle(event=success_event(order, "evt-2")),
+        lambda: payments.payment_event_handle(event=success_event(order, "evt-1")),
+        lambda: payments.payment_event_handle(event=success_event(order, "evt-2")),
     )
 
     assert sorted(result.outcome for result in results) == ["already_paid", "paid"]
     assert event_types(order) == ["order.paid"]
 
 
-def assert_exactly_one_winner(order: Order, payment: services.PaymentEventResult, swept: int) -> str:
+def assert_exactly_one_winner(order: Order, payment: payments.PaymentEventResult, swept: int) -> str:
     """Payment and sweep raced for one order: exactly one of them changed it, the events match
     the winner, and the payment event was recorded once with its outcome. Returns the status."""
     order.refresh_from_db()
@@ -113,10 +113,10 @@ def test_payment_racing_the_sweep_has_exactly_one_winner():
         event = success_event(order, f"evt-race-{round_number}")
 
         payment, swept = run_together(
-            lambda event=event, deadline=deadline: services.payment_event_handle(
+            lambda event=event, deadline=deadline: payments.payment_event_handle(
                 event=event, now=deadline - timedelta(seconds=1)
             ),
-            lambda deadline=deadline: services.order_expire_due(now=deadline + timedelta(seconds=1)),
+            lambda deadline=deadline: expiry.order_expire_due(now=deadline + timedelta(seconds=1)),
         )
 
         assert_exactly_one_winner(order, payment, swept)
@@ -192,12 +192,12 @@ def test_payment_holding_the_order_wins_and_the_sweep_skips_it():
 
     # given: the payment has locked and paid the order, its transaction not yet committed
     payment = Session(
-        lambda: services.payment_event_handle(event=event, now=deadline - timedelta(seconds=1)), hold=True
+        lambda: payments.payment_event_handle(event=event, now=deadline - timedelta(seconds=1)), hold=True
     )
     try:
         assert payment.returned().outcome == "paid"
         # when: the sweep runs after the deadline meanwhile
-        sweep = Session(lambda: services.order_expire_due(now=deadline + timedelta(seconds=1)))
+        sweep = Session(lambda: expiry.order_expire_due(now=deadline + timedelta(seconds=1)))
         # then: it skips the locked order at once (SKIP LOCKED) instead of waiting for it
         swept = sweep.finish(timeout=10)
     finally:
@@ -212,12 +212,12 @@ def test_sweep_holding_the_order_wins_and_the_payment_asks_for_a_refund():
     event = success_event(order, "evt-sweep-first")
 
     # given: the sweep has claimed and expired the order, its transaction not yet committed
-    sweep = Session(lambda: services.order_expire_due(now=deadline + timedelta(seconds=1)), hold=True)
+    sweep = Session(lambda: expiry.order_expire_due(now=deadline + timedelta(seconds=1)), hold=True)
     try:
         assert sweep.returned() == 1
         # when: the payment (sent before the deadline) arrives meanwhile, and waits for the lock
         payment = Session(
-            lambda: services.payment_event_handle(event=event, now=deadline - timedelta(seconds=1))
+            lambda: payments.payment_event_handle(event=event, now=deadline - timedelta(seconds=1))
         )
         wait_until(lambda: payment.is_waiting_for(sweep))
     finally:
@@ -231,7 +231,7 @@ def test_two_sweeps_at_once_expire_each_order_once():
     order_ids = overdue_orders_bulk(3000)
 
     first, second = run_together(
-        lambda: services.order_expire_due(batch_size=250), lambda: services.order_expire_due(batch_size=250)
+        lambda: expiry.order_expire_due(batch_size=250), lambda: expiry.order_expire_due(batch_size=250)
     )
 
     assert first + second == 3000
@@ -247,11 +247,11 @@ def test_cancel_racing_payment_has_one_winner():
     def cancel() -> str:
         try:
             return services.order_cancel(order_id=order.id).status
-        except services.OrderNotPending:
+        except errors.OrderNotPending:
             return "conflict"
 
     cancelled, payment = run_together(
-        cancel, lambda: services.payment_event_handle(event=success_event(order, "evt-vs-cancel"))
+        cancel, lambda: payments.payment_event_handle(event=success_event(order, "evt-vs-cancel"))
     )
 
     order.refresh_from_db()

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from freezegun import freeze_time
 
-from orders import services, tasks
+from orders import errors, expiry, services, tasks
 from orders.models import Order, OrderStatus
 from outbox.models import OutboxEvent
 from tests.orders.factories import OrderFactory, overdue_orders_bulk
@@ -29,7 +29,7 @@ def test_sweep_expires_only_due_pending_orders():
         not_yet = OrderFactory(expiration_time=timezone.now() + timedelta(seconds=1))
         paid = OrderFactory(status=OrderStatus.PAID, expiration_time=timezone.now() - timedelta(hours=1))
 
-        expired = services.order_expire_due()
+        expired = expiry.order_expire_due()
 
     assert expired == 2
     statuses = {o.pk: o.status for o in Order.objects.all()}
@@ -52,12 +52,12 @@ def test_sweep_loops_over_batches_until_none_is_due():
     overdue_orders_bulk(25)
     progress: list[tuple[int, int]] = []
 
-    expired = services.order_expire_due(batch_size=10, progress=lambda b, t: progress.append((b, t)))
+    expired = expiry.order_expire_due(batch_size=10, progress=lambda b, t: progress.append((b, t)))
 
     assert expired == 25
     assert progress == [(10, 10), (10, 20), (5, 25)]
     assert len(expired_events()) == 25
-    assert services.order_expire_due() == 0  # a second run finds nothing and writes nothing
+    assert expiry.order_expire_due() == 0  # a second run finds nothing and writes nothing
     assert len(expired_events()) == 25
 
 
@@ -136,7 +136,7 @@ def test_admin_list_search_and_detail(admin_client):
 def test_extend_overdue_order_is_refused():
     order = OrderFactory(expiration_time=timezone.now() - timedelta(seconds=1))
 
-    with pytest.raises(services.OrderNotPending):
+    with pytest.raises(errors.OrderNotPending):
         services.order_extend_expiration(order_id=order.pk)
 
 
@@ -150,7 +150,7 @@ def test_metrics_count_expired_orders_and_payment_outcomes(django_capture_on_com
     overdue_orders_bulk(3)
 
     with django_capture_on_commit_callbacks(execute=True):
-        services.order_expire_due()
+        expiry.order_expire_due()
 
     assert sample("gatehouse_orders_expired_total", source="sweep") == before + 3
     assert b"gatehouse_orders_expired_total" in client.get("/metrics").content

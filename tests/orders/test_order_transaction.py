@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from orders import services
+from orders import events, services
 from orders.models import Order, OrderItem
 from outbox.models import OutboxEvent
 
@@ -34,7 +34,7 @@ def test_failure_after_the_insert_leaves_neither_order_nor_event(monkeypatch):
         assert Order.objects.count() == 1  # the insert really happened in this transaction
         raise RuntimeError("outbox down")
 
-    monkeypatch.setattr(services, "outbox_publish", broken_outbox)
+    monkeypatch.setattr(events, "outbox_publish", broken_outbox)
 
     # when
     with pytest.raises(RuntimeError):

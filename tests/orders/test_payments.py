@@ -11,7 +11,7 @@ from django.utils import timezone
 from freezegun import freeze_time
 
 from orders.models import Order, OrderStatus, ProcessedEvent
-from orders.services import processed_events_purge
+from orders.payments import processed_events_purge
 from outbox.models import OutboxEvent
 from outbox.services import outbox_purge_published
 from tests.orders.conftest import payment_body, sign
@@ -245,7 +245,14 @@ def test_invalid_fields_are_listed(post_payment_event):
     response = post_payment_event(body)
 
     problem = assert_problem(response, 400, "validation-error")
-    assert set(problem["errors"]) == {"event_id", "type", "order_id", "amount", "currency"}
+    assert set(problem["errors"]) == {
+        "event_id",
+        "type",
+        "order_id",
+        "amount",
+        "currency",
+        "provider_reference",
+    }
 
 
 @pytest.mark.parametrize(

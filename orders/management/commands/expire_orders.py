@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from orders import selectors, services
+from orders import expiry, selectors
 
 
 class Command(BaseCommand):
@@ -31,7 +31,7 @@ class Command(BaseCommand):
                 f"  expired {total} order(s) so far (+{batch}, {time.monotonic() - started:.1f} s)"
             )
 
-        total = services.order_expire_due(now=now, batch_size=batch_size, progress=progress)
+        total = expiry.order_expire_due(now=now, batch_size=batch_size, progress=progress)
         self.stdout.write(
             self.style.SUCCESS(f"Expired {total} order(s) in {time.monotonic() - started:.1f} s.")
         )

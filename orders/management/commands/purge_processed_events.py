@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from orders import services
+from orders import payments
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, days: int | None, **options: Any) -> None:
         retention = settings.PROCESSED_EVENTS_RETENTION_DAYS if days is None else days
-        deleted = services.processed_events_purge(retention_days=retention)
+        deleted = payments.processed_events_purge(retention_days=retention)
         self.stdout.write(
             self.style.SUCCESS(f"Deleted {deleted} processed event(s) older than {retention} day(s).")
         )
