@@ -19,6 +19,7 @@ def main() -> None:
     parser.add_argument("--bind", default=settings.BIND)
     parser.add_argument("--workers", type=int, default=settings.WEB_WORKERS)
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info").lower())
+    parser.add_argument("--app", default="config.asgi:application", help="benchmarks only")
     args = parser.parse_args()
 
     # Thousands of connections per process need file descriptors: use the hard limit.
@@ -34,7 +35,7 @@ def main() -> None:
 
     host, _, port = args.bind.rpartition(":")
     config = uvicorn.Config(
-        "config.asgi:application",
+        args.app,
         host=host.strip("[]") or "127.0.0.1",
         port=int(port),
         workers=max(1, args.workers),
