@@ -1,7 +1,7 @@
 """Gateway throughput against its peers, all measured in ONE run with the same load tool.
 
     .venv/bin/python benchmarks/gateway.py [--duration 10] [--connections 32] [--rounds 2]
-                                           [--servers gunicorn,granian]
+                                           [--servers asgi,gunicorn,granian]
 
 Starts one fast upstream (nginx answering a static 5-byte body; a tiny asyncio server when nginx
 is missing), nginx as a reverse proxy to it, and the project under each production-server
@@ -174,7 +174,11 @@ def server_commands(port: int) -> dict[str, list[str]]:
     workers = os.environ.get("WEB_WORKERS", "2")
     threads = os.environ.get("WEB_THREADS", "16")
     return {
-        "gunicorn": server_command(port),
+        "asgi": server_command(port),
+        "gunicorn": [
+            PY, "-m", "gunicorn", "config.wsgi:application", "--config",
+            str(ROOT / "config" / "gunicorn.py"), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+        ],
         "granian": [
             PY, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
             "--workers", workers, "--blocking-threads", threads, "--no-access-log",
@@ -253,7 +257,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="each contender is measured this often")
-    parser.add_argument("--servers", default="gunicorn,granian", help="first = production server")
+    parser.add_argument("--servers", default="asgi,gunicorn", help="first = production server")
     parser.add_argument(
         "--no-django-stack", action="store_true", help="skip the gateway-behind-full-Django contender"
     )

@@ -162,7 +162,7 @@ def main() -> None:
         bench.wait_http(f"{upstream}/hello")
         env = auth.prepare(bench.prepare_project(upstream), upstream_url=upstream, directory=bench.VAR)
         port = bench.free_port()
-        processes.append(subprocess.Popen(bench.server_commands(port)["gunicorn"], env=env, cwd=ROOT))
+        processes.append(subprocess.Popen(bench.server_commands(port)["asgi"], env=env, cwd=ROOT))
         base = f"http://127.0.0.1:{port}"
         bench.wait_http(f"{base}/healthz")
         contenders = [
@@ -180,7 +180,7 @@ def main() -> None:
         redis = "yes" if env.get("REDIS_URL") else "no (local memory)"
         print(
             f"\nwrk -t2 -c{args.connections} -d{args.duration}s, best of {args.rounds} interleaved rounds, "
-            f"gunicorn (production command line), Redis: {redis}"
+            f"python -m config.server (production command line), Redis: {redis}"
         )
         print(f"{'contender':30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   rounds")
         for contender in contenders:

@@ -205,7 +205,24 @@ def main() -> None:
         )
 
     port = free_port()
-    server = subprocess.Popen(server_command(port), cwd=ROOT, env=env)
+    # BENCH_SERVER: asgi (production, default), gunicorn (the gthread baseline it replaced),
+    # django-asgi (Django's own ASGIHandler: sync views on one thread per process).
+    kind = os.environ.get("BENCH_SERVER", "asgi")
+    command = {
+        "asgi": server_command(port),
+        "gunicorn": [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "config.wsgi:application",
+            "--config",
+            str(ROOT / "config" / "gunicorn.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        "django-asgi": [*server_command(port), "--app", "benchmarks.asgi_native:application"],
+    }[kind]
+    server = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -300,10 +317,7 @@ def main() -> None:
                 "(SELECT count(*) FROM outbox_event WHERE type = 'order.created')"
             ).fetchone()
         rates = {}
-        print(
-            f"\n{args.rounds} rounds × {args.requests} requests, {args.clients} clients,"
-            " gunicorn (config/gunicorn.py)"
-        )
+        print(f"\n{args.rounds} rounds × {args.requests} requests, {args.clients} clients, server {kind}")
         print(f"{'contender':<11}{'req/s':>9}{'median ms':>11}{'p95 ms':>9}")
         for name, (elapsed, count, latencies) in totals.items():
             rates[name] = count / elapsed

@@ -1,4 +1,8 @@
-"""gunicorn settings for the web process (scripts/serve and the test suite's gateway processes).
+"""gunicorn settings of the previous production server, kept as the BASELINE for benchmarks only.
+
+Production runs `python -m config.server` (uvicorn, config/server/); benchmarks/orders.py
+(`BENCH_SERVER=gunicorn`) and benchmarks/gateway.py (`--servers asgi,gunicorn`) start gunicorn
+with this file to compare (gunicorn is in requirements-dev.txt for that). Not used otherwise.
 
 gthread workers: the proxy blocks on upstream sockets, so each worker serves many requests at
 once with threads while the worker count spreads the CPU work over the cores. The choice and the

@@ -155,6 +155,37 @@ CSRF_FAILURE_VIEW = "common.views.csrf_failure"
 ADMIN_USERNAME = env("ADMIN_USERNAME", default="admin")
 ADMIN_PASSWORD = env("ADMIN_PASSWORD", default="")  # empty: a random one is generated and printed
 
+# --- Web server (config/server, scripts/serve) -------------------------------------------------
+# Read once here; every server process uses these. Env names are the setting names.
+BIND = env("BIND", default="127.0.0.1:8000")
+WEB_WORKERS = env.int("WEB_WORKERS", default=2)
+# Threads per process for the sync Django part (APIs, admin, static); /gw runs on the event loop.
+WEB_THREADS = env.int("WEB_THREADS", default=16)
+# A connection that has not sent a whole request head this many seconds after it opened (or,
+# on a kept-alive connection, after the first byte of the next request) is answered 408 and closed.
+WEB_HEADER_TIMEOUT = env.float("WEB_HEADER_TIMEOUT", default=10.0)
+# Longest wait for the next piece of a request body (idle time per read; not while the app is
+# not reading). Exceeded: 408 and closed; the app sees a disconnect, never a short body.
+WEB_BODY_TIMEOUT = env.float("WEB_BODY_TIMEOUT", default=30.0)
+# Idle keep-alive connection kept open this long: longer than common load balancers' 60 s,
+# so they close first.
+WEB_KEEPALIVE_TIMEOUT = env.float("WEB_KEEPALIVE_TIMEOUT", default=75.0)
+WEB_MAX_REQUEST_LINE = env.int("WEB_MAX_REQUEST_LINE", default=8192)  # request target bytes → 414
+WEB_MAX_HEADER_BYTES = env.int("WEB_MAX_HEADER_BYTES", default=32768)  # all header lines → 431
+WEB_MAX_HEADERS = env.int("WEB_MAX_HEADERS", default=100)  # header fields → 431
+# Open connections per process; above it a request is answered 503 + Retry-After at once.
+WEB_MAX_CONNECTIONS = env.int("WEB_MAX_CONNECTIONS", default=10000)
+WEB_BACKLOG = env.int("WEB_BACKLOG", default=4096)  # listen queue (capped by net.core.somaxconn)
+# SIGTERM: stop accepting, let requests in flight finish for at most this long.
+WEB_GRACEFUL_TIMEOUT = env.int("WEB_GRACEFUL_TIMEOUT", default=20)
+# Largest body buffered for Django (APIs, admin): larger → 413. Chunked bodies are buffered
+# and handed to Django with a Content-Length.
+WEB_MAX_BODY_BYTES = env.int("WEB_MAX_BODY_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
+ACCESS_LOG = env.bool("ACCESS_LOG", default=False)
+# Peers whose X-Forwarded-* headers may be believed (CIDR list, default none: the gateway is the
+# edge). The server itself never rewrites scope["client"] or the scheme from those headers.
+FORWARDED_ALLOW_IPS = env.list("FORWARDED_ALLOW_IPS", default=[])
+
 # --- Gateway --------------------------------------------------------------------------------
 GATEWAY_PREFIX = "/gw"
 GATEWAY_ROUTE_CACHE_TTL = env.int("GATEWAY_ROUTE_CACHE_TTL", default=300)

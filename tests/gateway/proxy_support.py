@@ -33,7 +33,22 @@ def server_pids(port: int) -> list[int]:
             continue
         if needle in cmdline and int(entry.name) != os.getpid():
             pids.append(int(entry.name))
-    return pids
+    return pids + [child for pid in pids for child in _descendants(pid)]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Worker processes of a server whose workers do not repeat its command line (spawned)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
 
 
 def status_kb(pid: int, field: str) -> int:

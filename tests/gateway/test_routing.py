@@ -349,7 +349,7 @@ def test_raw_requests_to_a_server_process(gateway_process_factory, http_server_f
         connection = http.client.HTTPConnection(netloc, timeout=10)
         connection.request(method, target)
         response = connection.getresponse()
-        result = response.status, dict(response.getheaders()), response.read()
+        result = response.status, {k.title(): v for k, v in response.getheaders()}, response.read()
         connection.close()
         return result
 

@@ -141,18 +141,16 @@ def http_server_factory():
 
 
 def server_command(port: int) -> list[str]:
-    """The production server command line (kept in one place: scripts/serve uses the same).
+    """The production server command line (kept in one place: scripts/serve runs the same).
 
-    gunicorn gthread with config/gunicorn.py (chosen by benchmarks/gateway.py, see
-    docs/gateway-proxy.md); WEB_WORKERS / WEB_THREADS in the environment size it.
+    `python -m config.server`: uvicorn (uvloop, httptools) with config/server/protocol.py,
+    serving config.asgi:application; WEB_WORKERS / WEB_THREADS / WEB_* in the environment size
+    and tune it (docs/gateway-proxy.md, "Server").
     """
     return [
         sys.executable,
         "-m",
-        "gunicorn",
-        "config.wsgi:application",
-        "--config",
-        str(ROOT / "config" / "gunicorn.py"),
+        "config.server",
         "--bind",
         f"127.0.0.1:{port}",
         "--log-level",
