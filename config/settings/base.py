@@ -194,10 +194,6 @@ GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1
 GATEWAY_RESPONSE_CACHE_MAX_BYTES = env.int("GATEWAY_RESPONSE_CACHE_MAX_BYTES", default=1024 * 1024)
 GATEWAY_CIRCUIT_FAILURES = env.int("GATEWAY_CIRCUIT_FAILURES", default=5)
 GATEWAY_CIRCUIT_RESET_SECONDS = env.float("GATEWAY_CIRCUIT_RESET_SECONDS", default=30.0)
-# Peers (CIDR list) whose X-Forwarded-*, Forwarded and X-Real-IP are believed; empty: the gateway
-# is the edge and a client's copies are replaced (gateway/services/headers.py). The server reads
-# the same variable for the scheme it reports.
-FORWARDED_ALLOW_IPS = env.list("FORWARDED_ALLOW_IPS", default=[])
 JWT_JWKS_URL = env("JWT_JWKS_URL", default="")
 JWT_ISSUER = env("JWT_ISSUER", default="")
 JWT_AUDIENCE = env("JWT_AUDIENCE", default="")

@@ -221,11 +221,16 @@ def upstream_request_headers(
     correlation_id: str,
 ) -> dict[str, str]:
     """Headers to send upstream from a WSGI environ / request.META (rules: gateway.services.headers)."""
+    peer = meta.get("REMOTE_ADDR") or ""
+    scheme = meta.get("wsgi.url_scheme", "http")
+    claimed = meta.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip().lower()
+    if claimed in ("http", "https") and peer in header_rules.configured_trusted_proxies():
+        scheme = claimed  # a trusted proxy in front terminated the client's connection
     headers = dict(
         header_rules.upstream_request_headers(
             client_headers=meta_header_pairs(meta),
-            peer=meta.get("REMOTE_ADDR") or "",
-            scheme=meta.get("wsgi.url_scheme", "http"),
+            peer=peer,
+            scheme=scheme,
             host=meta.get("HTTP_HOST") or meta.get("SERVER_NAME", ""),
             identity=identity,
             correlation_id=correlation_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -28,7 +29,9 @@ def _match(required_permission: str = "") -> RouteMatch:
 
 
 def _async_identity(**kwargs):  # noqa: ANN003, ANN202
-    return async_to_sync(request_identity_async)(**kwargs)
+    # A thread of its own: a browser test earlier in this worker may leave an event loop set.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(async_to_sync(request_identity_async), **kwargs).result()
 
 
 def test_async_identity_matches_the_sync_one(token_service, rbac_resolver):
