@@ -71,4 +71,5 @@ def test_a_warm_async_identity_never_leaves_the_loop(token_service):
         await request_identity_async(authorization=bearer, match=_match())
         assert calls == []
 
-    async_to_sync(main)()
+    with ThreadPoolExecutor(1) as pool:  # see _async_identity
+        pool.submit(async_to_sync(main)).result()

@@ -19,6 +19,14 @@ from tests.support.servers import free_port
 pytestmark = pytest.mark.django_db
 
 
+def _run(coroutine):  # noqa: ANN001, ANN202
+    """asyncio.run in a thread of its own: a browser test earlier in this worker may leave a loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def _raw() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
@@ -64,7 +72,7 @@ def test_aget_reads_redis_asynchronously_and_shares_the_local_layer():
         await cache.aset("async-test:other", [1, 2])
         return first, second
 
-    first, second = asyncio.run(main())
+    first, second = _run(main())
     assert first == {"v": 1} and second == {"v": 1}
     assert cache.get("async-test:k") == {"v": 1}  # the sync read sees the same local entry
     assert json.loads(_raw().get("async-test:other")) == [1, 2]
@@ -79,7 +87,7 @@ def test_redis_down_costs_no_per_request_timeout(settings):
     started = time.monotonic()
     for n in range(200):
         assert cache.get(f"down-test:{n}") is None
-    assert asyncio.run(cache.aget("down-test:a")) is None
+    assert _run(cache.aget("down-test:a")) is None
     assert time.monotonic() - started < 0.5
 
 
