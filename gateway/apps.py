@@ -11,3 +11,7 @@ class GatewayConfig(AppConfig):
         from gateway.metrics import collect_cache_keys
 
         register_scrape_collector(collect_cache_keys)
+
+        from gateway.policies.registry import default_policies_check
+
+        default_policies_check()

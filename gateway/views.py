@@ -30,7 +30,11 @@ from common.correlation import (
     set_correlation_id,
 )
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
+from common.tracing import reset_trace_id
 from gateway import metrics
+from gateway.policies import runner as policy
+from gateway.policies.base import PolicyState
+from gateway.policies.registry import EMPTY, route_policies
 from gateway.services.auth import request_identity
 from gateway.services.proxy import UpstreamResponse, proxy_forward, upstream_request_headers
 from gateway.services.response_cache import (
@@ -152,13 +156,14 @@ def _read_body(request: HttpRequest) -> bytes:
 
 
 def _proxy(
-    request: HttpRequest, match: RouteMatch, identity: Identity | None, body: bytes
+    request: HttpRequest, match: RouteMatch, identity: Identity | None, body: bytes, gate: Any
 ) -> HttpResponseBase:
     meta = request.META
     route = match.route
     headers = upstream_request_headers(
         meta=meta, target_host="", identity=identity, correlation_id=get_correlation_id()
     )
+    headers = policy.upstream_headers(gate.policies, gate.request, gate.trace, headers)
     upstream = proxy_forward(
         route=route,
         method=request.method or "GET",
@@ -177,32 +182,112 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
     method = request.method or "GET"
     route_label = ["unmatched"]
     status = 500  # what the metric says when something unexpected escapes
+    gate = _Gate(request.META.get("HTTP_TRACEPARENT"))
     try:
         try:
-            response = _dispatch(request, method, route_label)
+            response = _dispatch(request, method, route_label, gate)
         except ApplicationError as exc:
             response = exc.to_response()
+        if gate.policies or gate.state.response_headers:
+            response = _with_headers(
+                response,
+                policy.response_headers(gate.policies, gate.request, gate.state, list(response.items())),
+            )
         status = response.status_code
         return response
     finally:
+        gate.close()
         metrics.requests_total.labels(
             route_label[0], method if method in _KNOWN_METHODS else "OTHER", str(status)
         ).inc()
         metrics.request_duration.labels(route_label[0]).observe(time.perf_counter() - started)
 
 
-def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> HttpResponseBase:
+class _Gate:
+    """The request's policies, policy view, per-request policy state and trace (docs/gateway-policies.md)."""
+
+    __slots__ = ("policies", "request", "state", "trace", "_token")
+
+    def __init__(self, traceparent: str | None) -> None:
+        self.policies = EMPTY
+        self.request: Any = None
+        self.state = PolicyState()
+        self.trace, self._token = policy.trace_begin(traceparent)
+
+    def close(self) -> None:
+        reset_trace_id(self._token)
+
+
+def _with_headers(response: HttpResponseBase, headers: list[tuple[str, str]]) -> HttpResponseBase:
+    """Replace a response's headers, keeping repeated ones (joined where the class cannot repeat)."""
+    repeatable = isinstance(response, _RepeatedHeadersMixin)
+    for name in list(response.headers):
+        del response.headers[name]
+    repeated: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name not in response.headers:
+            response.headers[name] = value
+        elif repeatable:
+            repeated.append((name, value))
+        else:
+            response.headers[name] = f"{response.headers[name]}, {value}"
+    if repeatable:
+        response.repeated_headers = repeated  # type: ignore[attr-defined]
+    return response
+
+
+def _early(early: Any) -> HttpResponseBase:
+    if early.problem is not None:
+        slug, title, detail = early.problem
+        return problem_response(
+            status=early.status, slug=slug, title=title, detail=detail, headers=dict(early.headers)
+        )
+    return _build_response(
+        status=early.status, reason="", headers=early.headers, body=early.body, stream=None
+    )
+
+
+def _resolve(method: str, path: str, meta: dict[str, Any]) -> RouteMatch:
+    """A CORS preflight is routed by the method it asks about (the route need not list OPTIONS)."""
+    asked = meta.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD") if method == "OPTIONS" else None
+    if asked:
+        try:
+            match = route_resolve(method=asked, path=path)
+            if route_policies(match.route).has_cors:
+                return match
+        except ApplicationError:
+            pass
+    return route_resolve(method=method, path=path)
+
+
+def _dispatch(request: HttpRequest, method: str, route_label: list[str], gate: _Gate) -> HttpResponseBase:
     meta = request.META
     path = _raw_path(meta)
     if path is None:
         raise ValidationFailed("Not a gateway path.")
-    match = route_resolve(method=method, path=path)
+    match = _resolve(method, path, meta)
     route = match.route
     route_label[0] = route.path
+    gate.policies = policies = route_policies(route)  # EMPTY (falsy) for a route without policies
+    if policies:
+        gate.request = policy.policy_request(
+            method=method,
+            path=path,
+            headers=policy.headers_from_meta(meta),
+            peer=meta.get("REMOTE_ADDR", ""),
+            route=route,
+        )
+        if (early := policy.before_auth(policies, gate.request, gate.state)) is not None:
+            return _early(early)
     query_string = meta.get("QUERY_STRING", "")
     identity = request_identity(
         authorization=meta.get("HTTP_AUTHORIZATION"), match=match, query_string=query_string
     )
+    if policies.limit:
+        if identity is not None:
+            gate.request.user_id, gate.request.tenant_id = identity.user_id, identity.tenant_id
+        if (early := policy.limit_sync(policies, gate.request, gate.state)) is not None:
+            return _early(early)
     # Only once the caller is known: an anonymous client must not make the gateway buffer a body.
     body = _read_body(request)
     use_cache = response_cache_applies(route=route, method=method)
@@ -219,7 +304,7 @@ def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> Http
                 stream=None,
             )
     if method in SAFE_METHODS:
-        response = _proxy(request, match, identity, body)
+        response = _proxy(request, match, identity, body, gate)
     else:
         response = gateway_idempotency(
             request=request,
@@ -227,7 +312,7 @@ def _dispatch(request: HttpRequest, method: str, route_label: list[str]) -> Http
             identity=identity,
             path=match.path,
             body=body,
-            execute=lambda: _proxy(request, match, identity, body),
+            execute=lambda: _proxy(request, match, identity, body, gate),
         )
     if use_cache and method == "GET" and not isinstance(response, StreamingHttpResponse):
         response_cache_set(
