@@ -42,7 +42,18 @@ def _check_broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=1)
 
 
-CHECKS = {"database": _check_database, "cache": _check_cache, "broker": _check_broker}
+def _check_rate_limits() -> None:
+    from gateway.policies.rate_limit import rate_limit_check
+
+    rate_limit_check()
+
+
+CHECKS = {
+    "database": _check_database,
+    "cache": _check_cache,
+    "broker": _check_broker,
+    "rate_limits": _check_rate_limits,
+}
 
 
 def readyz(request: HttpRequest) -> HttpResponse:

@@ -80,6 +80,8 @@ class _Cors(Compiled):
         return EarlyResponse(status=204, headers=tuple(headers))
 
     def response(self, request: PolicyRequest, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if request.method == "OPTIONS" and request.header("Access-Control-Request-Method") is not None:
+            return headers  # a preflight's answer (ours, 204 or 403) is complete
         headers.append(("Vary", "Origin"))
         allowed = self._allow_origin(request.header("Origin"))
         if allowed is None:

@@ -172,6 +172,18 @@ def rate_limit_readiness() -> str:
     return "local: Redis unavailable, limits are per instance"
 
 
+class RateLimitsLocal(Exception):
+    """Raised by the readiness check while limits are counted per instance (Redis unreachable)."""
+
+
+def rate_limit_check() -> None:
+    """/readyz check: raises RateLimitsLocal while Redis is configured but unreachable (embedded
+    mode without REDIS_URL is per instance by design and reads "ok")."""
+    current = _limiter
+    if current is not None and current.url and current.down_since is not None:
+        raise RateLimitsLocal(rate_limit_readiness())
+
+
 class _RateLimit(Compiled):
     phases = ("limit",)
 
