@@ -273,7 +273,8 @@ def _dispatch(request: HttpRequest, method: str, route_label: list[str], gate: _
         gate.request = policy.policy_request(
             method=method,
             path=path,
-            headers=policy.headers_from_meta(meta),
+            headers=(),
+            meta=meta,
             peer=meta.get("REMOTE_ADDR", ""),
             route=route,
         )

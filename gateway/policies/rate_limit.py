@@ -9,6 +9,7 @@ against the `limits` library: docs/gateway-policies.md.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from prometheus_client import Counter
+from redis.exceptions import NoScriptError
 
 from gateway.policies.base import (
     Compiled,
@@ -61,6 +63,10 @@ return {1, math.floor((window - (new_tat - now)) / interval), 0, new_tat - now}
 """
 
 
+# The script id Redis gives it (SHA-1 is what EVALSHA names scripts by); EVAL loads it on NOSCRIPT.
+GCRA_SHA = hashlib.sha1(GCRA_LUA.encode(), usedforsecurity=False).hexdigest()
+
+
 def gcra_local(store: dict[str, float], key: str, interval: float, window: float, now: float) -> tuple:
     """The same algorithm in process memory (ms), for when Redis cannot be reached."""
     tat = max(store.get(key, now), now)
@@ -82,7 +88,6 @@ class Limiter:
         self.url = settings.REDIS_URL if url is None else url
         self.clock = clock  # seconds; None → Redis TIME (or time.time() locally)
         self._sync: Any = None
-        self._sync_script: Any = None
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._local: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -122,8 +127,10 @@ class Limiter:
                     self._sync = redis.Redis.from_url(
                         self.url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
                     )
-                    self._sync_script = self._sync.register_script(GCRA_LUA)
-                result = self._sync_script(keys=[key], args=[interval, window, self._now_ms_arg()])
+                try:
+                    result = self._sync.evalsha(GCRA_SHA, 1, key, interval, window, self._now_ms_arg())
+                except NoScriptError:
+                    result = self._sync.eval(GCRA_LUA, 1, key, interval, window, self._now_ms_arg())
                 self._succeeded()
                 return tuple(int(x) for x in result)
             except Exception as exc:  # redis errors of every kind: fall back, never fail the request
@@ -135,16 +142,18 @@ class Limiter:
         if self._use_redis():
             try:
                 loop = asyncio.get_running_loop()
-                pair = self._async.get(loop)
-                if pair is None:
+                client = self._async.get(loop)
+                if client is None:
                     import redis.asyncio as aioredis
 
                     client = aioredis.Redis.from_url(
                         self.url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
                     )
-                    pair = (client, client.register_script(GCRA_LUA))
-                    self._async[loop] = pair
-                result = await pair[1](keys=[key], args=[interval, window, self._now_ms_arg()])
+                    self._async[loop] = client
+                try:
+                    result = await client.evalsha(GCRA_SHA, 1, key, interval, window, self._now_ms_arg())
+                except NoScriptError:
+                    result = await client.eval(GCRA_LUA, 1, key, interval, window, self._now_ms_arg())
                 self._succeeded()
                 return tuple(int(x) for x in result)
             except Exception as exc:

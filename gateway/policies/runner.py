@@ -29,19 +29,21 @@ def trace_begin(traceparent: str | None) -> tuple[TraceContext, Any]:
     return trace, set_trace_id(trace.trace_id)
 
 
-def headers_from_meta(meta: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (key[5:].replace("_", "-").title(), value) for key, value in meta.items() if key.startswith("HTTP_")
-    )
-
-
 def policy_request(
-    *, method: str, path: str, headers: tuple[tuple[str, str], ...], peer: str, route: Any
+    *,
+    method: str,
+    path: str,
+    headers: tuple[tuple[str, str], ...],
+    peer: str,
+    route: Any,
+    meta: Mapping[str, Any] | None = None,
 ) -> PolicyRequest:
-    forwarded = None
-    for name, value in headers:
-        if name.lower() == "x-forwarded-for":
-            forwarded = value if forwarded is None else f"{forwarded}, {value}"
+    """The hooks' view of a request: `headers` as pairs (async path) or the WSGI `meta` (sync)."""
+    if meta is not None:
+        forwarded = meta.get("HTTP_X_FORWARDED_FOR")
+    else:
+        found = [value for name, value in headers if name.lower() == "x-forwarded-for"]
+        forwarded = ", ".join(found) if found else None
     return PolicyRequest(
         method=method,
         path=path,
@@ -49,6 +51,7 @@ def policy_request(
         client_ip=client_address(peer=peer, forwarded_for=forwarded),
         route_id=route.id,
         route_path=route.path,
+        meta=meta,
     )
 
 
