@@ -69,11 +69,19 @@ def _check_token_keys() -> str:
     return "ok"
 
 
+def _check_rate_limits() -> str:
+    from gateway.policies.rate_limit import rate_limit_check
+
+    rate_limit_check()
+    return "ok"
+
+
 CRITICAL: dict[str, Callable[[], str]] = {"database": _check_database}
 NON_CRITICAL: dict[str, Callable[[], str]] = {
     "cache": _check_cache,
     "broker": _check_broker,
     "token_keys": _check_token_keys,
+    "rate_limits": _check_rate_limits,
 }
 
 

@@ -111,6 +111,7 @@ class RouteForm(forms.ModelForm):
             "idempotency",
             "priority",
             "enabled",
+            "policies",
         ]
 
     def clean(self) -> dict[str, Any]:
@@ -119,7 +120,15 @@ class RouteForm(forms.ModelForm):
             return cleaned
         route = self.instance
         route.methods = route_methods_canonical(cleaned.get("methods") or [])
-        for name in ("path", "rewrite", "condition", "enabled", "auth_required", "required_permission"):
+        for name in (
+            "path",
+            "rewrite",
+            "condition",
+            "enabled",
+            "auth_required",
+            "required_permission",
+            "policies",
+        ):
             setattr(route, name, cleaned.get(name))
         if cleaned.get("cache_ttl_seconds") and not set(route.methods) & {"GET", "HEAD"}:
             self.add_error("cache_ttl_seconds", "Only GET/HEAD responses are cached; this route has neither.")
@@ -162,6 +171,7 @@ class RouteAdmin(admin.ModelAdmin):
         (None, {"fields": ["methods", "path", "service", "rewrite", "priority", "enabled"]}),
         ("Access", {"fields": ["auth_required", "required_permission", "condition"]}),
         ("Upstream", {"fields": ["timeout_ms", "retry_count", "idempotency", "cache_ttl_seconds"]}),
+        ("Policies", {"fields": ["policies"], "description": "docs/gateway-policies.md"}),
     ]
 
     @admin.display(description="methods")

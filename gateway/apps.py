@@ -19,3 +19,6 @@ class GatewayConfig(AppConfig):
         from gateway.services.invalidation import invalidation_subscribe
 
         invalidation_subscribe("routes", resolver.changed)
+        from gateway.policies.registry import default_policies_check
+
+        default_policies_check()

@@ -65,6 +65,12 @@ class Route(models.Model):
     cache_ttl_seconds = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(86_400)])
     idempotency = models.CharField(max_length=8, choices=Idempotency.choices, default=Idempotency.OFF)
     priority = models.IntegerField(default=0, help_text="Higher wins among equally specific patterns")
+    policies = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Rate limit, CORS, IP rules, header transforms (docs/gateway-policies.md), e.g. "
+        '{"rate_limit": {"limit": 100, "window_seconds": 60, "key": "user"}}',
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -56,6 +56,7 @@ def route_resolved(*, route: Route) -> ResolvedRoute:
         cache_ttl_seconds=route.cache_ttl_seconds,
         idempotency=route.idempotency,
         priority=route.priority,
+        policies=dict(route.policies or {}),
         version=int(changed.timestamp() * 1_000_000),
     )
 

@@ -22,6 +22,8 @@ class ResolvedRoute:
     cache_ttl_seconds: int = 0
     idempotency: str = "off"
     priority: int = 0
+    # Route.policies as stored (JSON); compiled per process by gateway.policies.registry.
+    policies: dict[str, Any] = field(default_factory=dict)
     # Changes whenever the route or its service is saved: the response cache's route tag.
     version: int = 0
 

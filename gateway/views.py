@@ -32,8 +32,12 @@ from common.correlation import (
     set_correlation_id,
 )
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
+from common.tracing import reset_trace_id
 from gateway import metrics
 from gateway.models import SAFE_METHODS
+from gateway.policies import runner as policy
+from gateway.policies.base import PolicyState
+from gateway.policies.registry import EMPTY, route_policies
 from gateway.routing import route_resolve, route_upstream_path
 from gateway.services.auth import request_identity
 from gateway.services.idempotency import gateway_idempotency
@@ -177,13 +181,14 @@ def _read_body(request: HttpRequest) -> bytes:
 
 
 def _proxy(
-    request: HttpRequest, match: RouteMatch, identity: Identity | None, body: bytes
+    request: HttpRequest, match: RouteMatch, identity: Identity | None, body: bytes, gate: Any
 ) -> HttpResponseBase:
     meta = request.META
     route = match.route
     headers = upstream_request_headers(
         meta=meta, target_host="", identity=identity, correlation_id=get_correlation_id()
     )
+    headers = policy.upstream_headers(gate.policies, gate.request, gate.trace, headers)
     upstream = proxy_forward(
         route=route,
         method=request.method or "GET",
@@ -194,6 +199,63 @@ def _proxy(
         idempotency_key="HTTP_IDEMPOTENCY_KEY" in meta,
     )
     return _from_upstream(upstream)
+
+
+class _Gate:
+    """The request's policies, policy view, per-request policy state and trace (docs/gateway-policies.md)."""
+
+    __slots__ = ("policies", "request", "state", "trace", "_token")
+
+    def __init__(self, traceparent: str | None) -> None:
+        self.policies = EMPTY
+        self.request: Any = None
+        self.state = PolicyState()
+        self.trace, self._token = policy.trace_begin(traceparent)
+
+    def close(self) -> None:
+        reset_trace_id(self._token)
+
+
+def _with_headers(response: HttpResponseBase, headers: list[tuple[str, str]]) -> HttpResponseBase:
+    """Replace a response's headers, keeping repeated ones (joined where the class cannot repeat)."""
+    repeatable = isinstance(response, _RepeatedHeadersMixin)
+    for name in list(response.headers):
+        del response.headers[name]
+    repeated: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name not in response.headers:
+            response.headers[name] = value
+        elif repeatable:
+            repeated.append((name, value))
+        else:
+            response.headers[name] = f"{response.headers[name]}, {value}"
+    if repeatable:
+        response.repeated_headers = repeated  # type: ignore[attr-defined]
+    return response
+
+
+def _early(early: Any) -> HttpResponseBase:
+    if early.problem is not None:
+        slug, title, detail = early.problem
+        return problem_response(
+            status=early.status, slug=slug, title=title, detail=detail, headers=dict(early.headers)
+        )
+    return _build_response(
+        status=early.status, reason="", headers=early.headers, body=early.body, stream=None
+    )
+
+
+def _resolve(method: str, path: str, meta: dict[str, Any]) -> RouteMatch:
+    """A CORS preflight is routed by the method it asks about (the route need not list OPTIONS)."""
+    asked = meta.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD") if method == "OPTIONS" else None
+    if asked:
+        try:
+            match = route_resolve(method=asked, path=path)
+            if route_policies(match.route).has_cors:
+                return match
+        except ApplicationError:
+            pass
+    return route_resolve(method=method, path=path)
 
 
 @dataclass(slots=True)
@@ -210,10 +272,19 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
     started = time.perf_counter()
     method = request.method or "GET"
     result: GatewayResult | None = None
+    gate = _Gate(request.META.get("HTTP_TRACEPARENT"))
     try:
-        result = gateway_pipeline(request, method)
+        result = gateway_pipeline(request, method, gate)
+        if gate.policies or gate.state.response_headers:
+            result.response = _with_headers(
+                result.response,
+                policy.response_headers(
+                    gate.policies, gate.request, gate.state, list(result.response.items())
+                ),
+            )
         return result.response
     finally:
+        gate.close()
         label = result.route_label if result is not None else "unmatched"
         status = result.response.status_code if result is not None else 500  # something escaped
         metrics.requests_total.labels(
@@ -223,7 +294,7 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
         dashboard_record(route=label, status=status, duration=time.perf_counter() - started)
 
 
-def gateway_pipeline(request: HttpRequest, method: str) -> GatewayResult:
+def gateway_pipeline(request: HttpRequest, method: str, gate: _Gate) -> GatewayResult:
     """The named steps of one request; a domain error at any step is its problem+json answer
     (with the route label once the route is known)."""
     meta = request.META
@@ -231,23 +302,38 @@ def gateway_pipeline(request: HttpRequest, method: str) -> GatewayResult:
     if path is None:
         return GatewayResult(ValidationFailed("Not a gateway path.").to_response())
     try:
-        match = route_resolve(method=method, path=path)
+        match = _resolve(method, path, meta)
     except ApplicationError as exc:
         return GatewayResult(exc.to_response())
     try:
-        return GatewayResult(_after_route(request, method, match), match.route.path)
+        return GatewayResult(_after_route(request, method, match, path, gate), match.route.path)
     except ApplicationError as exc:
         return GatewayResult(exc.to_response(), match.route.path)
 
 
-def _after_route(request: HttpRequest, method: str, match: RouteMatch) -> HttpResponseBase:
-    """identity → body → response cache → idempotency → proxy → response cache store."""
+def _after_route(
+    request: HttpRequest, method: str, match: RouteMatch, path: str, gate: _Gate
+) -> HttpResponseBase:
+    """policies before auth → identity → rate limit → body → response cache → idempotency →
+    proxy → response cache store (docs/gateway-policies.md)."""
     meta = request.META
     route = match.route
+    gate.policies = policies = route_policies(route)  # EMPTY (falsy) for a route without policies
+    if policies:
+        gate.request = policy.policy_request(
+            method=method, path=path, headers=(), meta=meta, peer=meta.get("REMOTE_ADDR", ""), route=route
+        )
+        if (early := policy.before_auth(policies, gate.request, gate.state)) is not None:
+            return _early(early)
     query_string = meta.get("QUERY_STRING", "")
     identity = request_identity(
         authorization=meta.get("HTTP_AUTHORIZATION"), match=match, query_string=query_string
     )
+    if policies.limit:
+        if identity is not None:
+            gate.request.user_id, gate.request.tenant_id = identity.user_id, identity.tenant_id
+        if (early := policy.limit_sync(policies, gate.request, gate.state)) is not None:
+            return _early(early)
     # Only once the caller is known: an anonymous client must not make the gateway buffer a body.
     body = _read_body(request)
     use_cache = response_cache_applies(route=route, method=method)
@@ -270,7 +356,7 @@ def _after_route(request: HttpRequest, method: str, match: RouteMatch) -> HttpRe
                 stream=None,
             )
     if method in SAFE_METHODS:
-        response = _proxy(request, match, identity, body)
+        response = _proxy(request, match, identity, body, gate)
     else:
         response = gateway_idempotency(
             request=request,
@@ -278,7 +364,7 @@ def _after_route(request: HttpRequest, method: str, match: RouteMatch) -> HttpRe
             identity=identity,
             path=match.path,
             body=body,
-            execute=lambda: _proxy(request, match, identity, body),
+            execute=lambda: _proxy(request, match, identity, body, gate),
         )
     if use_cache and method == "GET" and not isinstance(response, StreamingHttpResponse):
         response_cache_set(

@@ -188,6 +188,12 @@ FORWARDED_ALLOW_IPS = env.list("FORWARDED_ALLOW_IPS", default=[])
 
 # --- Gateway --------------------------------------------------------------------------------
 GATEWAY_PREFIX = "/gw"
+# Peers whose X-Forwarded-For is believed (CIDR list; empty: nobody's), for the client address
+# that IP rules and per-address rate limits use (docs/gateway-policies.md).
+FORWARDED_ALLOW_IPS = env.list("FORWARDED_ALLOW_IPS", default=[])
+# The global default policies (JSON object, the keys of Route.policies); a route's own policy of
+# a kind replaces the default of that kind, `{"kind": null}` drops it.
+GATEWAY_DEFAULT_POLICIES = env.json("GATEWAY_DEFAULT_POLICIES", default={})
 GATEWAY_ROUTE_CACHE_TTL = env.int("GATEWAY_ROUTE_CACHE_TTL", default=300)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 # Largest upstream body kept by the GET response cache (larger ones stream through uncached).

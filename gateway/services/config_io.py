@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from gateway.models import Route, Service
+from gateway.policies.registry import BY_FILE_KEY, BY_NAME, policies_errors
 from gateway.routing import route_cache_invalidate, route_config_errors, service_target_url_errors
 from gateway.services.routes import route_methods_canonical, route_validate
 
@@ -39,6 +40,7 @@ ROUTE_FIELDS = (
     "idempotency",
     "priority",
     "enabled",
+    "policies",
 )
 SERVICE_KEYS = {"name", "targets", "enabled", "description"}
 
@@ -186,7 +188,7 @@ def _parse(data: Any) -> tuple[list[_ServiceSpec], list[_RouteSpec], list[str]]:
 
     routes: list[_RouteSpec] = []
     defaults = _route_defaults()
-    allowed_keys = {"method", "methods", "path", "service", *ROUTE_KEY_ALIASES, *ROUTE_FIELDS}
+    allowed_keys = {"method", "methods", "path", "service", *ROUTE_KEY_ALIASES, *ROUTE_FIELDS, *BY_FILE_KEY}
     for index, entry in enumerate(routes_raw):
         where = f"routes[{index}]{_label(entry)}"
         if not isinstance(entry, dict):
@@ -208,6 +210,14 @@ def _parse(data: Any) -> tuple[list[_ServiceSpec], list[_RouteSpec], list[str]]:
                 entry_problems.append(f'"{key}" and "{model_name}" both given')
             if model_name in ROUTE_FIELDS or model_name == "service":
                 values[model_name] = value
+        file_policies = {BY_FILE_KEY[key].name: value for key, value in entry.items() if key in BY_FILE_KEY}
+        if file_policies:
+            if "policies" in values:
+                entry_problems.append('"policies" and x-… policy keys both given; use one form')
+            values["policies"] = file_policies
+        for name, messages in policies_errors(values.get("policies")).items():
+            label = BY_NAME[name].file_key if name in BY_NAME else "policies"
+            entry_problems.extend(f"{label}: {message}" for message in messages)
         service_name = values.pop("service", None)
         if not isinstance(service_name, str) or not service_name:
             entry_problems.append('"backend" (the service name) is required')
@@ -391,5 +401,7 @@ def routes_config_export() -> dict[str, Any]:
                 "rewrite": route.rewrite,
             }
         )
+        for name, config in (route.policies or {}).items():
+            entry[BY_NAME[name].file_key if name in BY_NAME else name] = config
         routes.append(entry)
     return {"services": services, "routes": routes}

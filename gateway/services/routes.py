@@ -9,6 +9,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from gateway.models import HTTP_METHODS, Route, Service, ServiceTarget
+from gateway.policies.registry import policies_errors
 from gateway.routing import route_cache_invalidate, route_config_errors
 from gateway.selectors import route_overlapping
 from gateway.services.response_cache import response_cache_invalidate
@@ -31,6 +32,13 @@ def route_validate(*, route: Route) -> None:
         auth_required=route.auth_required,
         required_permission=route.required_permission,
     )
+    policy_problems = policies_errors(route.policies)
+    if policy_problems:
+        errors["policies"] = [
+            f"{name}: {message}" if name else message
+            for name, messages in policy_problems.items()
+            for message in messages
+        ]
     if not errors and route.enabled:
         clashes = route_overlapping(path=route.path, methods=list(route.methods), exclude_id=route.pk)
         if clashes:
@@ -49,6 +57,7 @@ def route_save(*, route: Route) -> Route:
     """Create or update a route (already validated by its form or `route_validate`)."""
     route.methods = route_methods_canonical(route.methods)
     route.condition = route.condition or {}
+    route.policies = route.policies or {}
     route.save()
     route_cache_invalidate()
     return route

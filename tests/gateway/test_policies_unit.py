@@ -1,0 +1,269 @@
+"""Each policy kind's validate/compile, the limiter (injected clock, real Redis), client address,
+and validation through admin and load_routes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.urls import reverse
+
+from gateway.models import Route
+from gateway.policies.base import PolicyRequest, PolicyState
+from gateway.policies.client_address import client_address
+from gateway.policies.rate_limit import Limiter
+from gateway.policies.registry import BY_NAME, EMPTY, policies_compile, policies_errors
+from gateway.policies.tracing import trace_context
+from tests.gateway.factories import ServiceFactory
+
+
+def _request(**fields) -> PolicyRequest:
+    values = {"method": "GET", "path": "/a", "headers": (), "client_ip": "127.0.0.1", "route_id": 1}
+    values.update(fields)
+    return PolicyRequest(**values)
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "problem"),
+    [
+        ("rate_limit", {"limit": 0, "window_seconds": 60}, "limit:"),
+        ("rate_limit", {"limit": 5, "window_seconds": 60, "key": "session"}, "key:"),
+        ("rate_limit", {"limit": 5}, "window_seconds:"),
+        ("rate_limit", {"limit": 5, "window_seconds": 60, "burst": 2}, "unknown key"),
+        ("cors", {"origins": ["*"], "credentials": True}, 'not with origin "*"'),
+        ("cors", {"origins": ["https://app.example/path"]}, "is not an origin"),
+        ("cors", {"origins": ["https://a.example"], "methods": ["FETCH"]}, "methods:"),
+        ("cors", {"origins": []}, "origins:"),
+        ("ip_allow", ["10.0.0.0/33"], "not an IPv4 or IPv6"),
+        ("ip_deny", [], "non-empty list"),
+        ("request_headers", {"set": {"X-User-ID": "admin"}}, "identity or hop-by-hop"),
+        ("request_headers", {"remove": ["X-Tenant-ID"]}, "identity or hop-by-hop"),
+        ("request_headers", {"set": {"Connection": "close"}}, "identity or hop-by-hop"),
+        ("response_headers", {"set": {"Transfer-Encoding": "chunked"}}, "identity or hop-by-hop"),
+        ("response_headers", {"set": {"X-A": "line\nbreak"}}, "control characters"),
+    ],
+)
+def test_validation_refuses(kind, config, problem):
+    errors = BY_NAME[kind].validate(config)
+    assert any(problem in error for error in errors), errors
+    assert problem in " ".join(policies_errors({kind: config})[kind])
+
+
+def test_unknown_kind_is_refused():
+    assert "unknown policy" in policies_errors({"throttle": {}})[""][0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        ("rate_limit", {"limit": 100, "window_seconds": 60, "key": "tenant"}),
+        ("cors", {"origins": ["*"], "methods": ["GET"], "max_age": 0}),
+        ("cors", {"origins": ["https://app.example", "http://localhost:3000"], "credentials": True}),
+        ("ip_allow", ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"]),
+        ("request_headers", {"set": {"X-Api-Version": "2"}, "remove": ["Cookie"]}),
+        ("response_headers", {"set": {"Cache-Control": "no-store"}, "remove": ["Server"]}),
+    ],
+)
+def test_valid_configs_compile(kind, config):
+    assert BY_NAME[kind].validate(config) == []
+    compiled = policies_compile({kind: config})
+    assert compiled
+
+
+def test_a_route_without_policies_compiles_to_empty_phases():
+    compiled = policies_compile({})
+    assert compiled is EMPTY
+    assert not compiled and compiled.ip == compiled.limit == compiled.response == ()
+
+
+def test_ip_rules_v4_and_v6():
+    allow = BY_NAME["ip_allow"].compile(["10.0.0.0/8", "2001:db8::/32"])
+    deny = BY_NAME["ip_deny"].compile(["10.9.0.0/16"])
+    state = PolicyState()
+    assert allow.ip(_request(client_ip="10.1.2.3"), state) is None
+    assert allow.ip(_request(client_ip="2001:db8::5"), state) is None
+    assert allow.ip(_request(client_ip="192.0.2.1"), state).status == 403
+    assert allow.ip(_request(client_ip="not-an-ip"), state).status == 403
+    assert deny.ip(_request(client_ip="10.9.1.1"), state).status == 403
+    assert deny.ip(_request(client_ip="10.8.1.1"), state) is None
+
+
+def test_transforms_apply_in_order():
+    compiled = BY_NAME["request_headers"].compile({"set": {"X-Api-Version": "2"}, "remove": ["Cookie"]})
+    headers = compiled.upstream(_request(), [("Cookie", "a=1"), ("X-Api-Version", "1"), ("Accept", "*/*")])
+    assert headers == [("Accept", "*/*"), ("X-Api-Version", "2")]
+
+
+def test_cors_star_without_credentials_answers_star():
+    compiled = BY_NAME["cors"].compile({"origins": ["*"]})
+    preflight = _request(
+        method="OPTIONS", headers=(("Origin", "https://x.example"), ("Access-Control-Request-Method", "GET"))
+    )
+    answer = compiled.preflight(preflight, PolicyState())
+    assert answer.status == 204
+    assert ("Access-Control-Allow-Origin", "*") in answer.headers
+    assert ("Vary", "Origin") in answer.headers
+
+
+def test_client_address_trusts_forwarded_for_only_from_allowed_peers(settings):
+    settings.FORWARDED_ALLOW_IPS = ["10.0.0.0/8"]
+    assert client_address(peer="10.0.0.1", forwarded_for="203.0.113.9") == "203.0.113.9"
+    # the right-most untrusted hop: what the client wrote left of it is not believed
+    assert client_address(peer="10.0.0.1", forwarded_for="1.1.1.1, 203.0.113.9, 10.0.0.2") == "203.0.113.9"
+    assert client_address(peer="192.0.2.7", forwarded_for="203.0.113.9") == "192.0.2.7"
+    assert client_address(peer="::ffff:192.0.2.7", forwarded_for=None) == "192.0.2.7"
+    settings.FORWARDED_ALLOW_IPS = []
+    assert client_address(peer="10.0.0.1", forwarded_for="203.0.113.9") == "10.0.0.1"
+
+
+def test_traceparent_parsing():
+    kept = trace_context("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+    assert kept.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and kept.flags == "00"
+    assert kept.span_id != "00f067aa0ba902b7"
+    for bad in (
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "junk",
+    ):
+        assert trace_context(bad).trace_id != "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert len(trace_context(None).traceparent()) == 55
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _limit_round(limiter: Limiter, key: str, count: int) -> list[int]:
+    return [limiter.hit(key, 12_000, 60_000)[0] for _ in range(count)]
+
+
+def test_limiter_window_with_an_injected_clock():
+    from django.conf import settings
+
+    clock = _Clock()
+    limiter = Limiter(url=settings.REDIS_URL, clock=clock)  # the real Redis, our clock
+    assert _limit_round(limiter, "ratelimit:t:clock", 6) == [1, 1, 1, 1, 1, 0]
+    refused = limiter.hit("ratelimit:t:clock", 12_000, 60_000)
+    assert refused[2] == 12_000  # retry after one emission interval
+    clock.now += 12
+    assert _limit_round(limiter, "ratelimit:t:clock", 2) == [1, 0]
+    clock.now += 60
+    assert _limit_round(limiter, "ratelimit:t:clock", 6) == [1, 1, 1, 1, 1, 0]
+    assert limiter.down_since is None
+
+
+def test_limiter_falls_back_to_local_counting_and_async_matches():
+    clock = _Clock()
+    down = Limiter(url="redis://127.0.0.1:1/0", clock=clock)
+    assert _limit_round(down, "k", 6) == [1, 1, 1, 1, 1, 0]
+    assert down.down_since is not None
+
+    from django.conf import settings
+
+    shared = Limiter(url=settings.REDIS_URL, clock=clock)
+
+    async def run() -> list[int]:
+        return [(await shared.hit_async("ratelimit:t:async", 12_000, 60_000))[0] for _ in range(6)]
+
+    assert asyncio.run(run()) == [1, 1, 1, 1, 1, 0]
+    assert shared.hit("ratelimit:t:async", 12_000, 60_000)[0] == 0  # one count for both variants
+
+
+@pytest.mark.django_db
+def test_load_routes_refuses_a_transform_of_an_identity_header(tmp_path):
+    ServiceFactory(name="svc", targets=["http://127.0.0.1:9001"])
+    path = tmp_path / "routes.json"
+    path.write_text(
+        json.dumps(
+            {
+                "routes": [
+                    {
+                        "method": "GET",
+                        "path": "/x",
+                        "backend": "svc",
+                        "x-request-headers": {"set": {"X-User-ID": "admin"}},
+                        "x-rate-limit": {"limit": 5, "window_seconds": 60},
+                    }
+                ]
+            }
+        )
+    )
+    err = io.StringIO()
+    with pytest.raises(CommandError, match="nothing was changed"):
+        call_command("load_routes", str(path), stderr=err)
+    assert "x-request-headers: set: X-User-ID is an identity or hop-by-hop header" in err.getvalue()
+    assert not Route.objects.exists()
+
+
+@pytest.mark.django_db
+def test_load_and_export_policies_round_trip(tmp_path):
+    ServiceFactory(name="svc", targets=["http://127.0.0.1:9001"])
+    entry = {
+        "method": "GET",
+        "path": "/x",
+        "backend": "svc",
+        "x-rate-limit": {"limit": 5, "window_seconds": 60, "key": "ip"},
+        "x-cors": {"origins": ["https://app.example"]},
+        "x-ip-allow": ["10.0.0.0/8"],
+        "x-ip-deny": ["10.9.0.0/16"],
+        "x-request-headers": {"set": {"X-Api": "2"}},
+        "x-response-headers": {"remove": ["Server"]},
+    }
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"routes": [entry]}))
+    call_command("load_routes", str(path))
+    route = Route.objects.get(path="/x")
+    assert route.policies["rate_limit"] == entry["x-rate-limit"]
+    out = io.StringIO()
+    call_command("export_routes", stdout=out)
+    exported = json.loads(out.getvalue())["routes"][0]
+    for key in (
+        "x-rate-limit",
+        "x-cors",
+        "x-ip-allow",
+        "x-ip-deny",
+        "x-request-headers",
+        "x-response-headers",
+    ):
+        assert exported[key] == entry[key]
+
+
+@pytest.mark.django_db
+def test_admin_form_shows_policy_errors(admin_client):
+    service = ServiceFactory()
+    data = {
+        "methods": ["GET"],
+        "path": "/admin-policy",
+        "service": service.pk,
+        "auth_required": "on",
+        "condition": "{}",
+        "timeout_ms": 3000,
+        "retry_count": 2,
+        "cache_ttl_seconds": 0,
+        "idempotency": "off",
+        "priority": 0,
+        "enabled": "on",
+        "policies": json.dumps(
+            {
+                "request_headers": {"set": {"X-User-ID": "admin"}},
+                "cors": {"origins": ["*"], "credentials": True},
+            }
+        ),
+    }
+    response = admin_client.post(reverse("admin:gateway_route_add"), data)
+    assert response.status_code == 200
+    errors = " ".join(response.context["adminform"].form.errors["policies"])
+    assert "X-User-ID is an identity or hop-by-hop header" in errors
+    assert 'not with origin "*"' in errors
+    assert not Route.objects.filter(path="/admin-policy").exists()
+    data["policies"] = json.dumps({"rate_limit": {"limit": 5, "window_seconds": 60}})
+    assert admin_client.post(reverse("admin:gateway_route_add"), data).status_code == 302
+    assert Route.objects.get(path="/admin-policy").policies["rate_limit"]["limit"] == 5
