@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.conditional import conditional_response
 from common.errors import Unprocessable
 from common.pagination import StrictLimitOffsetPagination
 from common.serializer_fields import StrictCharField, StrictIntegerField, StrictRegexField, StrictUUIDField
@@ -97,6 +98,20 @@ def _owner(request: Request) -> dict[str, str]:
     return {"user_id": identity.user_id, "tenant_id": identity.tenant_id or ""}
 
 
+def _owner_key(request: Request) -> tuple[str, str]:
+    owner = _owner(request)
+    return owner["user_id"], owner["tenant_id"]
+
+
+_IF_NONE_MATCH = OpenApiParameter(
+    "If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, description="ETags of the client's copy."
+)
+_IF_MODIFIED_SINCE = OpenApiParameter(
+    "If-Modified-Since", OpenApiTypes.STR, OpenApiParameter.HEADER, description="An HTTP date."
+)
+_NOT_MODIFIED = OpenApiResponse(description="Not modified: the client's copy (ETag / date) is current.")
+
+
 class OrderCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         class ItemSerializer(serializers.Serializer):
@@ -162,14 +177,16 @@ class OrderListApi(APIView):
     @extend_schema(
         operation_id="orders_list",
         description="The caller's orders, newest first, `limit`/`offset` paginated.",
-        responses={200: OrderOutputSerializer(many=True)},
+        responses={200: OrderOutputSerializer(many=True), 304: _NOT_MODIFIED},
+        parameters=[_IF_NONE_MATCH],
     )
     def get(self, request: Request) -> Response:
         orders = selectors.order_list_for_owner(**_owner(request))
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(orders, request, view=self)
         serializer = self.OutputSerializer(page, many=True, context={"now": timezone.now()})
-        return paginator.get_paginated_response(serializer.data)
+        envelope = paginator.get_paginated_response(serializer.data).data
+        return conditional_response(request, data=envelope, owner=_owner_key(request))
 
 
 class OrderDetailApi(APIView):
@@ -178,13 +195,20 @@ class OrderDetailApi(APIView):
     @extend_schema(
         operation_id="orders_retrieve",
         description="One of the caller's orders.",
-        responses={200: OrderOutputSerializer},
+        responses={200: OrderOutputSerializer, 304: _NOT_MODIFIED},
+        parameters=[_IF_NONE_MATCH, _IF_MODIFIED_SINCE],
     )
     def get(self, request: Request, order_id: str) -> Response:
         order = selectors.order_get_for_owner(order_id=order_id, **_owner(request))
         if order is None:
             raise OrderNotFound(f"Order {order_id} does not exist.")
-        return Response(self.OutputSerializer(order).data)
+        now = timezone.now()
+        # An overdue pending order turned expired at its expiration time, without a write.
+        changed = order.expiration_time if order.status_at(now) != order.status else order.updated_at
+        data = self.OutputSerializer(order, context={"now": now}).data
+        return conditional_response(
+            request, data=data, owner=_owner_key(request), last_modified=max(changed, order.updated_at)
+        )
 
 
 class OrderCancelApi(APIView):
