@@ -33,6 +33,7 @@ from idempotency.errors import IdempotencyInProgress, IdempotencyKeyMissing
 from idempotency.services import (
     ANONYMOUS_SCOPE,
     HEADER,
+    MAX_KEY_LENGTH,
     META_HEADER,
     RETRY_AFTER_SECONDS,
     Claim,
@@ -50,6 +51,15 @@ from idempotency.services import (
 )
 
 Handler = Callable[..., HttpResponseBase]
+
+# The bare form, exactly as idempotency_key_parse accepts it: printable ASCII, not starting with a
+# quote (that is the quoted form) nor with or ending in a space (stripped).
+KEY_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_KEY_LENGTH,
+    "pattern": r"^[!#-~]([ -~]*[!-~])?$",
+}
 
 
 class _ClaimLost(Exception):
@@ -77,11 +87,13 @@ def idempotent(handler: Handler | None = None, *, required: bool = True) -> Any:
             parameters=[
                 OpenApiParameter(
                     HEADER,
-                    type=str,
+                    type=KEY_SCHEMA,
                     location=OpenApiParameter.HEADER,
                     required=required,
-                    description="1–255 printable ASCII characters, bare or quoted. A retry with "
-                    "the same key gets the first response, with `Idempotent-Replayed: true`.",
+                    description="1–255 printable ASCII characters (0x20–0x7E), bare or as an RFC 8941 "
+                    'quoted string (`"…"`, with `\\"` and `\\\\` escapes); surrounding spaces are '
+                    "ignored. A retry with the same key and request gets the first response, with "
+                    "`Idempotent-Replayed: true`; the same key with another request is a 422.",
                 )
             ]
         )(wrapper)

@@ -18,6 +18,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served by whitenoise: /api/docs works offline
     "common",
     "gateway",
     "idempotency",
@@ -132,8 +133,9 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["gateway.authentication.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # NUL, lone surrogates, invalid UTF-8 and deep nesting are a 400 in every API (common/parsers.py).
+    "DEFAULT_PARSER_CLASSES": ["common.parsers.StrictJSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "common.pagination.StrictLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "common.exception_handler.problem_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "common.schema.AutoSchema",
@@ -141,9 +143,21 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Gatehouse API",
-    "DESCRIPTION": "API gateway and order flow.",
+    "DESCRIPTION": "API gateway and order flow. Request bodies are UTF-8 JSON (`application/json`) "
+    "with no NUL character and no lone surrogate in any string or key, nested at most 32 levels "
+    "deep; anything else is a 400 `malformed-request`. Every error is `application/problem+json` "
+    "(RFC 9457, the `Problem` schema).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the pinned drf-spectacular-sidecar package (static files), never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Every 4xx/5xx an operation documents is the shared problem+json component (common/schema.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "common.schema.problem_responses_hook",
+    ],
 }
 
 # --- Errors ---------------------------------------------------------------------------------
