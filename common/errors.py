@@ -99,13 +99,14 @@ def problem_body(
     detail: str = "",
     errors: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    correlation_id: str | None = None,
 ) -> bytes:
     body: dict[str, Any] = {
         "type": problem_type(slug),
         "title": title,
         "status": status,
         "detail": detail or title,
-        "correlation_id": get_correlation_id(),
+        "correlation_id": correlation_id or get_correlation_id(),
     }
     if errors:
         body["errors"] = errors

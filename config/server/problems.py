@@ -8,10 +8,9 @@ timeouts, over capacity), so they are built here as bytes, each with a fresh cor
 from __future__ import annotations
 
 import http
-import json
 
 from common.correlation import new_correlation_id
-from common.errors import PROBLEM_CONTENT_TYPE, problem_type
+from common.errors import PROBLEM_CONTENT_TYPE, problem_body
 
 # status → (slug, title)
 _KINDS: dict[int, tuple[str, str]] = {
@@ -31,16 +30,10 @@ def problem_parts(
     """ASGI-style headers and body of a problem+json answer (for a response sent via send())."""
     slug, title = _KINDS.get(status, ("error", http.HTTPStatus(status).phrase))
     correlation_id = new_correlation_id()
-    body = json.dumps(
-        {
-            "type": problem_type(slug),
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "correlation_id": correlation_id,
-        },
-        separators=(",", ":"),
-    ).encode()
+    # No request context at this layer: a fresh correlation id, echoed in the header too.
+    body = problem_body(
+        status=status, slug=slug, title=title, detail=detail, correlation_id=correlation_id
+    )
     all_headers = [
         (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
