@@ -1,9 +1,11 @@
 """Order creation (auth + Idempotency-Key + order, items, outbox event) vs a plain insert, ONE run.
 
     .venv/bin/python benchmarks/orders.py [--requests 300] [--rounds 4] [--clients 8]
+                                          [--servers asgi,gunicorn]
 
-Starts the project under its production server (tests.support.servers.server_command: gunicorn
-with config/gunicorn.py) with this module as its settings and URLconf, which adds two baseline
+Starts the project under its production server (tests.support.servers.server_command: uvicorn,
+`python -m config.server`) and, with `--servers asgi,gunicorn`, the gthread gunicorn baseline
+(config/gunicorn.py) beside it, with this module as their settings and URLconf, which adds
 baseline endpoints:
 
     POST /bench/plain-order  the plain order insert: same Bearer auth, input validation and
@@ -161,6 +163,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per contender per round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections")
+    parser.add_argument(
+        "--servers",
+        default=os.environ.get("BENCH_SERVER", "asgi"),
+        help="comma-separated: asgi (production), gunicorn, django-asgi; e.g. asgi,gunicorn",
+    )
     args = parser.parse_args()
 
     database_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gh_orders_bench")
@@ -204,38 +211,43 @@ def main() -> None:
             " idempotency_record CASCADE"
         )
 
-    port = free_port()
-    # BENCH_SERVER: asgi (production, default), gunicorn (the gthread baseline it replaced),
-    # django-asgi (Django's own ASGIHandler: sync views on one thread per process).
-    kind = os.environ.get("BENCH_SERVER", "asgi")
-    command = {
-        "asgi": server_command(port),
-        "gunicorn": [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "config.wsgi:application",
-            "--config",
-            str(ROOT / "config" / "gunicorn.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-        ],
-        "django-asgi": [*server_command(port), "--app", "benchmarks.asgi_native:application"],
-    }[kind]
-    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    # --servers: asgi (production, default), gunicorn (the gthread baseline it replaced),
+    # django-asgi (Django's own ASGIHandler: sync views on one thread per process). Several
+    # servers run side by side (one at a time under load) so their ratio comes from ONE run.
+    kinds = [k for k in args.servers.split(",") if k]
+
+    def command(kind: str, port: int) -> list[str]:
+        return {
+            "asgi": server_command(port),
+            "gunicorn": [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "config.wsgi:application",
+                "--config",
+                str(ROOT / "config" / "gunicorn.py"),
+                "--bind",
+                f"127.0.0.1:{port}",
+            ],
+            "django-asgi": [*server_command(port), "--app", "benchmarks.asgi_native:application"],
+        }[kind]
+
+    ports = {kind: free_port() for kind in kinds}
+    servers = [subprocess.Popen(command(kind, ports[kind]), cwd=ROOT, env=env) for kind in kinds]
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                probe.request("GET", "/healthz")
-                if probe.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("server did not start")
-            time.sleep(0.2)
+        for kind, server in zip(kinds, servers, strict=True):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    probe = http.client.HTTPConnection("127.0.0.1", ports[kind], timeout=1)
+                    probe.request("GET", "/healthz")
+                    if probe.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit(f"server {kind} did not start")
+                time.sleep(0.2)
 
         token = tokens.token(sub="bench-user", tenant_id="bench-tenant", expires_in=3600)
         order_body = json.dumps(
@@ -250,16 +262,24 @@ def main() -> None:
                 ],
             }
         ).encode()
-        contenders = {
+        bearer = {"Authorization": f"Bearer {token}"}
+        per_server = {
             "plain": ("/bench/plain", {}, False),
-            "plain-auth": ("/bench/plain-auth", {"Authorization": f"Bearer {token}"}, False),
-            "plain-order": ("/bench/plain-order", {"Authorization": f"Bearer {token}"}, False),
-            "orders": ("/api/orders", {"Authorization": f"Bearer {token}"}, True),
-            "orders-nokey": ("/bench/orders-no-idempotency", {"Authorization": f"Bearer {token}"}, False),
+            "plain-auth": ("/bench/plain-auth", bearer, False),
+            "plain-order": ("/bench/plain-order", bearer, False),
+            "orders": ("/api/orders", bearer, True),
+            "orders-nokey": ("/bench/orders-no-idempotency", bearer, False),
+        }
+        # name → (port, path, headers, idempotent); names are "contender" for one server,
+        # "server:contender" for several.
+        contenders = {
+            (name if len(kinds) == 1 else f"{kind}:{name}"): (ports[kind], *spec)
+            for kind in kinds
+            for name, spec in per_server.items()
         }
 
         def run(
-            path: str, headers: dict[str, str], idempotent: bool, count: int
+            port: int, path: str, headers: dict[str, str], idempotent: bool, count: int
         ) -> tuple[float, list[float]]:
             latencies: list[float] = []
             lock = threading.Lock()
@@ -297,8 +317,8 @@ def main() -> None:
                 raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
             return elapsed, latencies
 
-        for path, headers, idempotent in contenders.values():  # warm-up: pools, JWKS, caches
-            run(path, headers, idempotent, args.clients * 5)
+        for port, path, headers, idempotent in contenders.values():  # warm-up: pools, JWKS, caches
+            run(port, path, headers, idempotent, args.clients * 5)
         totals = {name: [0.0, 0, []] for name in contenders}
         for round_number in range(args.rounds):
             order = list(contenders) if round_number % 2 == 0 else list(reversed(contenders))
@@ -308,7 +328,7 @@ def main() -> None:
                 totals[name][1] += len(latencies)
                 totals[name][2].extend(latencies)
                 print(
-                    f"  round {round_number + 1} {name:<10} {len(latencies) / elapsed:8.0f} req/s", flush=True
+                    f"  round {round_number + 1} {name:<24} {len(latencies) / elapsed:8.0f} req/s", flush=True
                 )
 
         with psycopg.connect(database_url) as conn:
@@ -317,30 +337,34 @@ def main() -> None:
                 "(SELECT count(*) FROM outbox_event WHERE type = 'order.created')"
             ).fetchone()
         rates = {}
-        print(f"\n{args.rounds} rounds × {args.requests} requests, {args.clients} clients, server {kind}")
-        print(f"{'contender':<11}{'req/s':>9}{'median ms':>11}{'p95 ms':>9}")
+        print(f"\n{args.rounds} rounds × {args.requests} requests, {args.clients} clients, servers {kinds}")
+        print(f"{'contender':<25}{'req/s':>9}{'median ms':>11}{'p95 ms':>9}")
         for name, (elapsed, count, latencies) in totals.items():
             rates[name] = count / elapsed
             latencies.sort()
             print(
-                f"{name:<11}{rates[name]:>9.0f}{statistics.median(latencies) * 1000:>11.1f}"
+                f"{name:<25}{rates[name]:>9.0f}{statistics.median(latencies) * 1000:>11.1f}"
                 f"{latencies[int(len(latencies) * 0.95)] * 1000:>9.1f}"
             )
-        print(
-            f"orders / plain-order = {rates['orders'] / rates['plain-order']:.2f}x  (target >= 0.6x:"
-            " what the Idempotency-Key and the outbox event cost over a plain order insert)"
-        )
-        print(
-            f"orders / plain      = {rates['orders'] / rates['plain']:.2f}x  (against a one-row raw INSERT)"
-        )
-        print(f"orders / plain-auth = {rates['orders'] / rates['plain-auth']:.2f}x")
-        print(
-            f"orders-nokey / plain = {rates['orders-nokey'] / rates['plain']:.2f}x  (without Idempotency-Key)"
-        )
+        for kind in kinds:
+            k = "" if len(kinds) == 1 else f"{kind}:"
+            print(
+                f"{kind}: orders / plain-order = {rates[k + 'orders'] / rates[k + 'plain-order']:.2f}x"
+                " (target >= 0.6x: what the Idempotency-Key and the outbox event cost over a plain"
+                f" order insert); orders / plain = {rates[k + 'orders'] / rates[k + 'plain']:.2f}x;"
+                f" orders-nokey / plain = {rates[k + 'orders-nokey'] / rates[k + 'plain']:.2f}x"
+            )
+        if "asgi" in kinds and "gunicorn" in kinds:
+            print(
+                f"POST /api/orders, production server / gunicorn gthread ="
+                f" {rates['asgi:orders'] / rates['gunicorn:orders']:.2f}x (target >= 0.9x, same run)"
+            )
         print(f"check: {orders} orders, {events} order.created events (one per order: {orders == events})")
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=20)
         tokens.server.close()
 
 
