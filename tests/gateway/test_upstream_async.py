@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ from gateway.services.upstream import (
 )
 from gateway.services.upstream_errors import BUFFER_LIMIT_BYTES
 from gateway.types import ResolvedRoute
+from tests.gateway.proxy_support import status_kb
 from tests.support.servers import Reply, free_port
 
 
@@ -545,3 +547,161 @@ def test_cancelled_while_waiting_for_the_head_closes_the_upstream_connection(raw
     while not server.closed_at and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.closed_at and server.closed_at[0] - cancelled_at < 0.1
+
+
+def test_cancelled_while_streaming_closes_the_upstream_connection_and_release_stays_safe(raw_server):
+    def one_chunk_then_hang(conn, data):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        server.wait_closed(conn)
+
+    server = raw_server(one_chunk_then_hang)
+
+    async def go():
+        answer = await forward(route(server.url))
+        first = await anext(answer.stream)
+        reader = asyncio.create_task(anext(answer.stream))
+        await asyncio.sleep(0.05)
+        cancelled_at = time.monotonic()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await answer.release()
+        await answer.release()
+        return first, cancelled_at
+
+    first, cancelled_at = run(go())
+    deadline = time.monotonic() + 2
+    while not server.closed_at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first == b"first"
+    assert server.closed_at and server.closed_at[0] - cancelled_at < 0.1
+
+
+def test_a_stream_released_half_read_closes_its_connection(raw_server):
+    def one_chunk_then_hang(conn, data):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        server.wait_closed(conn)
+
+    server = raw_server(one_chunk_then_hang)
+
+    async def go():
+        answer = await forward(route(server.url))
+        await anext(answer.stream)
+        released_at = time.monotonic()
+        await answer.release()
+        return released_at
+
+    released_at = run(go())
+    deadline = time.monotonic() + 2
+    while not server.closed_at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.closed_at and server.closed_at[0] - released_at < 0.1
+
+
+def test_a_cancelled_half_open_probe_frees_the_slot(raw_server):
+    arrived = threading.Event()
+
+    def hang(conn, data):
+        arrived.set()
+        server.wait_closed(conn)
+
+    server = raw_server(hang)
+    with override_settings(GATEWAY_CIRCUIT_FAILURES=1, GATEWAY_CIRCUIT_RESET_SECONDS=0.05):
+        circuit.circuit_record_failure(target=server.url)
+    time.sleep(0.1)  # half-open: the next request is the one probe
+
+    async def go():
+        task = asyncio.create_task(forward(route(server.url)))
+        while not arrived.is_set():
+            await asyncio.sleep(0.01)
+        assert not circuit.circuit_allow(target=server.url)  # the probe is in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(go())
+    assert circuit.circuit_allow(target=server.url)  # released: another probe may go
+
+
+def test_a_50_mib_stream_keeps_memory_bounded_and_pushes_back_on_the_upstream(raw_server):
+    total = 50 * 1024 * 1024
+    sent = []
+
+    def blast(conn, data):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        block = b"x" * (1024 * 1024)
+        for _ in range(total // len(block)):
+            conn.sendall(block)
+            sent.append(len(block))
+
+    server = raw_server(blast)
+    pid = os.getpid()
+
+    async def go():
+        answer = await forward(route(server.url))
+        assert answer.body is None
+        start_rss = status_kb(pid, "VmRSS")
+        received = len(await anext(answer.stream))
+        await asyncio.sleep(0.5)  # a slow client: the upstream must be held back meanwhile
+        sent_while_paused = sum(sent)
+        peak = status_kb(pid, "VmRSS")
+        async for chunk in answer.stream:
+            received += len(chunk)
+            if received % (4 * 1024 * 1024) < len(chunk):
+                peak = max(peak, status_kb(pid, "VmRSS"))
+        await answer.release()
+        return received, sent_while_paused, peak - start_rss
+
+    received, sent_while_paused, growth_kb = run(go())
+    assert received == total
+    # Socket buffers plus aiohttp's bounded buffer, not the 50 MiB that was sent.
+    assert sent_while_paused < 16 * 1024 * 1024
+    assert growth_kb < 24 * 1024
+
+
+def test_attempts_retries_and_opened_circuits_are_counted(http_server_factory):
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    upstream = http_server_factory(replies(Reply(503, b"busy"), Reply(200, b"fine")))
+    target_route = ResolvedRoute(
+        id=2, methods=("GET",), path="/m", service="metrics-svc", targets=(upstream.url,), retry_count=1
+    )
+    before = {
+        "503": sample("gateway_upstream_latency_seconds_count", service="metrics-svc", outcome="503"),
+        "200": sample("gateway_upstream_latency_seconds_count", service="metrics-svc", outcome="200"),
+        "retries": sample("gateway_upstream_retries_total", service="metrics-svc"),
+        "refused": sample(
+            "gateway_upstream_latency_seconds_count", service="metrics-svc", outcome="connect_error"
+        ),
+        "opened": sample("gateway_circuit_opened_total", service="metrics-svc"),
+    }
+
+    run(forward(target_route))
+    refused_route = ResolvedRoute(
+        id=3,
+        methods=("GET",),
+        path="/m",
+        service="metrics-svc",
+        targets=(f"http://127.0.0.1:{free_port()}",),
+        retry_count=0,
+    )
+    with override_settings(GATEWAY_CIRCUIT_FAILURES=1), pytest.raises(BadGateway):
+        run(forward(refused_route))
+
+    assert (
+        sample("gateway_upstream_latency_seconds_count", service="metrics-svc", outcome="503")
+        == before["503"] + 1
+    )
+    assert (
+        sample("gateway_upstream_latency_seconds_count", service="metrics-svc", outcome="200")
+        == before["200"] + 1
+    )
+    assert sample("gateway_upstream_retries_total", service="metrics-svc") == before["retries"] + 1
+    assert (
+        sample("gateway_upstream_latency_seconds_count", service="metrics-svc", outcome="connect_error")
+        == before["refused"] + 1
+    )
+    assert sample("gateway_circuit_opened_total", service="metrics-svc") == before["opened"] + 1
