@@ -785,3 +785,46 @@ def test_upstream_close_closes_the_pooled_connections(raw_server):
     while not server.closed_at and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.closed_at and server.closed_at[0] - closed_at < 0.5
+
+
+def test_a_retry_moves_on_to_the_next_target(http_server_factory):
+    failing = http_server_factory(lambda request: Reply(503, b"busy"))
+    healthy = http_server_factory(lambda request: Reply(200, b"fine"))
+    target_route = route(failing.url, healthy.url, retry_count=1)
+
+    # Two requests start on two different targets (round robin): one starts on the failing one.
+    answers = [run(forward(target_route)) for _ in range(2)]
+
+    assert [a.body for a in answers] == [b"fine", b"fine"]
+    assert (len(failing.requests), len(healthy.requests)) == (1, 2)
+
+
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304)])
+def test_bodiless_answers_are_buffered_and_the_connection_reused(raw_server, method, status):
+    reason = {200: b"OK", 204: b"No Content", 304: b"Not Modified"}[status]
+    answer_head = b'HTTP/1.1 %d %s\r\nContent-Length: 999999\r\nETag: "e"\r\n\r\n' % (status, reason)
+    if status == 204:
+        answer_head = answer_head.replace(b"Content-Length: 999999\r\n", b"")
+
+    def two(conn, data):
+        conn.sendall(answer_head)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        server.heads.append(data.split(b"\r\n\r\n")[0])
+        conn.sendall(answer_head)
+
+    server = raw_server(two)
+
+    async def go():
+        first = await forward(route(server.url), method=method)
+        second = await forward(route(server.url), method=method)
+        return first, second
+
+    first, second = run(go())
+    assert (first.status, first.body, first.stream) == (status, b"", None)
+    assert second.status == status
+    assert len(server.heads) == 2  # both on the one kept-alive connection
