@@ -21,9 +21,13 @@ and in asyncio tasks. An exception leaving the block is recorded on the span wit
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 logger = logging.getLogger("gatehouse.telemetry")
 
@@ -156,6 +160,28 @@ def span(
     if _tracer is None:
         return NOOP_SPAN
     return _Span(name, kind, attributes, parent_traceparent, trace)
+
+
+def traced(name: str, *, kind: str = "internal") -> Callable[[F], F]:
+    """Decorator: each call of the function runs in a span `name` (a plain call when disabled)."""
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _tracer is None:
+                return function(*args, **kwargs)
+            with _Span(name, kind, None, None, None):
+                return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def set_attribute(key: str, value: Any) -> None:
+    """Set an attribute on the current span (nothing when disabled or outside a span)."""
+    if _tracer is not None:
+        _api.get_current_span().set_attribute(key, value)
 
 
 def current_traceparent() -> str | None:
