@@ -223,7 +223,9 @@ def _load_api() -> None:
 def _format(context: Any) -> str | None:
     if not context.is_valid:
         return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    # Only the sampled bit: level-1 W3C receivers expect the other flag bits zero (the SDK also
+    # sets the level-2 "random" bit), and it matches what the gateway sends when export is off.
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags) & 0x01:02x}"
 
 
 def _id_generator() -> Any:

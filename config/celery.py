@@ -67,6 +67,11 @@ def _attach_traceparent(headers: dict | None = None, **_: object) -> None:
             headers.setdefault("traceparent", current)
 
 
+def _header(request, name: str) -> str | None:  # type: ignore[no-untyped-def]
+    """A custom message header: a request attribute in a worker, in `headers` when run eagerly."""
+    return getattr(request, name, None) or (getattr(request, "headers", None) or {}).get(name)
+
+
 @signals.task_prerun.connect
 def _task_span_start(task=None, **_: object) -> None:  # type: ignore[no-untyped-def]
     from common import telemetry
@@ -76,7 +81,7 @@ def _task_span_start(task=None, **_: object) -> None:  # type: ignore[no-untyped
     span = telemetry.span(
         f"celery.task {task.name}",
         kind="consumer",
-        parent_traceparent=getattr(task.request, "traceparent", None),
+        parent_traceparent=_header(task.request, "traceparent"),
         attributes={"celery.task_name": task.name, "celery.task_id": task.request.id or ""},
     )
     span.__enter__()
