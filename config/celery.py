@@ -42,8 +42,12 @@ def _telemetry_process_init(**_: object) -> None:
 
 @signals.worker_init.connect
 def _telemetry_worker_init(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    from celery.concurrency import get_implementation
+
     pool = getattr(sender, "pool_cls", None)
-    if pool is not None and "prefork" not in getattr(pool, "__module__", str(pool)):
+    if pool is None:
+        return
+    if get_implementation(pool).__module__ != "celery.concurrency.prefork":  # no fork follows
         from common import telemetry
 
         telemetry.init()
