@@ -18,14 +18,20 @@ from orders.services import OrderItemData, order_create
 from outbox.models import OutboxEvent
 from outbox.relay import outbox_relay_batch
 from tests.outbox.factories import publish_events
-from tests.support.otlp import otlp_collector  # noqa: F401  (fixture)
+from tests.support.otlp import running_collector
 from tests.support.servers import ROOT, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def telemetry_on(otlp_collector, monkeypatch):  # noqa: F811
+def otlp_collector():
+    with running_collector() as collector:
+        yield collector
+
+
+@pytest.fixture
+def telemetry_on(otlp_collector, monkeypatch):
     """Export on in this process, to the test collector, flushed every 50 ms."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_collector.url)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")

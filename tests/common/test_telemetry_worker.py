@@ -12,10 +12,17 @@ import uuid
 import pytest
 
 from outbox.services import RELAY_TASK_NAME
-from tests.support.otlp import otlp_collector  # noqa: F401  (fixture)
+from tests.support.otlp import running_collector
 from tests.support.servers import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def otlp_collector():
+    with running_collector() as collector:
+        yield collector
+
 
 BROKER_URL = os.environ.get("CELERY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/gh_otel")
 
@@ -32,7 +39,7 @@ def _broker_reachable() -> bool:
 
 
 @pytest.mark.parametrize("pool", ["prefork", "solo"])
-def test_a_worker_exports_a_span_per_task_in_the_enqueuers_trace(pool, otlp_collector):  # noqa: F811
+def test_a_worker_exports_a_span_per_task_in_the_enqueuers_trace(pool, otlp_collector):
     if not _broker_reachable():
         pytest.skip(f"no AMQP broker at {BROKER_URL}")
     from django.db import connection

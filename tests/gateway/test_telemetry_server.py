@@ -6,10 +6,17 @@ import pytest
 import requests
 
 from tests.gateway.proxy_support import proxy_route
-from tests.support.otlp import otlp_collector  # noqa: F401  (fixture)
+from tests.support.otlp import running_collector
 from tests.support.servers import Reply, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def otlp_collector():
+    with running_collector() as collector:
+        yield collector
+
 
 PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -26,7 +33,7 @@ def _env(endpoint: str) -> dict[str, str]:
 def test_gateway_hop_and_upstream_call_are_spans_of_the_callers_trace(
     http_server_factory,
     gateway_process_factory,
-    otlp_collector,  # noqa: F811
+    otlp_collector,
 ):
     upstream = http_server_factory(_ok)
     proxy_route(upstream.url, path="/traced/**")
@@ -54,7 +61,7 @@ def test_gateway_hop_and_upstream_call_are_spans_of_the_callers_trace(
 def test_a_trace_started_by_the_gateway_is_the_one_exported(
     http_server_factory,
     gateway_process_factory,
-    otlp_collector,  # noqa: F811
+    otlp_collector,
 ):
     upstream = http_server_factory(lambda request: Reply(503, b"down"))
     proxy_route(upstream.url, path="/fresh/**", retry_count=0)
@@ -74,7 +81,7 @@ def test_a_trace_started_by_the_gateway_is_the_one_exported(
 def test_an_order_created_through_the_api_is_exported_as_its_span(
     gateway_process_factory,
     otlp_collector,
-    token_service,  # noqa: F811
+    token_service,
 ):
     gateway = gateway_process_factory({**token_service.env, **_env(otlp_collector.url)})
     body = {

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -105,8 +106,11 @@ class OtlpCollector:
         self.server.close()
 
 
-@pytest.fixture
-def otlp_collector():
+@contextlib.contextmanager
+def running_collector() -> Iterator[OtlpCollector]:
+    """A collector for one test (test modules wrap it in their `otlp_collector` fixture)."""
     collector = OtlpCollector()
-    yield collector
-    collector.close()
+    try:
+        yield collector
+    finally:
+        collector.close()
