@@ -34,6 +34,7 @@ _django_wsgi = get_wsgi_application()
 
 from django.conf import settings  # noqa: E402
 
+from common import telemetry  # noqa: E402
 from config.server.hostcheck import host_problem  # noqa: E402
 from config.server.lifespan import MountedLifespan  # noqa: E402
 from config.server.problems import problem_parts  # noqa: E402
@@ -93,6 +94,7 @@ class Entrance:
 
     async def lifespan(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()  # lifespan.startup
+        telemetry.init()  # per worker process, after the fork/spawn (a no-op unless configured)
         try:
             await self.gateway_lifespan.startup(scope)
         except Exception as exc:
@@ -102,6 +104,7 @@ class Entrance:
         await receive()  # lifespan.shutdown
         await self.gateway_lifespan.shutdown()
         self.django.close()
+        telemetry.shutdown()  # flush the spans still buffered
         await send({"type": "lifespan.shutdown.complete"})
 
 

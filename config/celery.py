@@ -27,6 +27,90 @@ def _restore_correlation_id(task=None, **_: object) -> None:  # type: ignore[no-
     set_correlation_id(incoming or new_correlation_id())
 
 
+# --- OpenTelemetry (common/telemetry.py): on only with OTEL_EXPORTER_OTLP_ENDPOINT -------------
+# Started in each pool process after the fork (worker_process_init), or in the worker itself for
+# the solo/threads pools; one CONSUMER span per task run, continuing the traceparent of whoever
+# enqueued it (a request, an order event).
+
+
+@signals.worker_process_init.connect
+def _telemetry_process_init(**_: object) -> None:
+    from common import telemetry
+
+    telemetry.init()
+
+
+@signals.worker_init.connect
+def _telemetry_worker_init(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    from celery.concurrency import get_implementation
+
+    pool = getattr(sender, "pool_cls", None)
+    if pool is None:
+        return
+    if get_implementation(pool).__module__ != "celery.concurrency.prefork":  # no fork follows
+        from common import telemetry
+
+        telemetry.init()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _telemetry_shutdown(**_: object) -> None:
+    from common import telemetry
+
+    telemetry.shutdown()
+
+
+@signals.before_task_publish.connect
+def _attach_traceparent(headers: dict | None = None, **_: object) -> None:
+    from common import telemetry
+
+    if headers is not None and telemetry.enabled():
+        current = telemetry.current_traceparent()
+        if current:
+            headers.setdefault("traceparent", current)
+
+
+def _header(request, name: str) -> str | None:  # type: ignore[no-untyped-def]
+    """A custom message header: a request attribute in a worker, in `headers` when run eagerly."""
+    return getattr(request, name, None) or (getattr(request, "headers", None) or {}).get(name)
+
+
+@signals.task_prerun.connect
+def _task_span_start(task=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    from common import telemetry
+
+    if task is None or not telemetry.enabled():
+        return
+    span = telemetry.span(
+        f"celery.task {task.name}",
+        kind="consumer",
+        parent_traceparent=_header(task.request, "traceparent"),
+        attributes={"celery.task_name": task.name, "celery.task_id": task.request.id or ""},
+    )
+    span.__enter__()
+    task.request.telemetry_span = span
+
+
+@signals.task_failure.connect
+def _task_span_failure(sender=None, exception=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    span = getattr(getattr(sender, "request", None), "telemetry_span", None)
+    if span is not None and exception is not None:
+        span.record_exception(exception)
+        span.set_error(type(exception).__name__)
+
+
+@signals.task_postrun.connect
+def _task_span_end(task=None, state=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    span = getattr(getattr(task, "request", None), "telemetry_span", None)
+    if span is None:
+        return
+    task.request.telemetry_span = None
+    if state:
+        span.set_attribute("celery.state", str(state))
+    span.__exit__(None, None, None)
+
+
 # --- Single-beat guard ------------------------------------------------------------------------
 # Two beat processes (a rolling deploy, a second replica started by mistake) would both schedule
 # every entry. The tasks are idempotent, so that is wasteful rather than wrong, but the guard keeps

@@ -25,6 +25,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.views.decorators.csrf import csrf_exempt
 
 from adminsite.recording import dashboard_record
+from common import telemetry
 from common.correlation import (
     accept_correlation_id,
     get_correlation_id,
@@ -273,25 +274,30 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
     method = request.method or "GET"
     result: GatewayResult | None = None
     gate = _Gate(request.META.get("HTTP_TRACEPARENT"))
-    try:
-        result = gateway_pipeline(request, method, gate)
-        if gate.policies or gate.state.response_headers:
-            result.response = _with_headers(
-                result.response,
-                policy.response_headers(
-                    gate.policies, gate.request, gate.state, list(result.response.items())
-                ),
-            )
-        return result.response
-    finally:
-        gate.close()
-        label = result.route_label if result is not None else "unmatched"
-        status = result.response.status_code if result is not None else 500  # something escaped
-        metrics.requests_total.labels(
-            label, method if method in _KNOWN_METHODS else "OTHER", str(status)
-        ).inc()
-        metrics.request_duration.labels(label).observe(time.perf_counter() - started)
-        dashboard_record(route=label, status=status, duration=time.perf_counter() - started)
+    with telemetry.span(
+        "gateway.request", kind="server", trace=gate.trace, attributes={"http.request.method": method}
+    ) as span:
+        try:
+            result = gateway_pipeline(request, method, gate)
+            if gate.policies or gate.state.response_headers:
+                result.response = _with_headers(
+                    result.response,
+                    policy.response_headers(
+                        gate.policies, gate.request, gate.state, list(result.response.items())
+                    ),
+                )
+            return result.response
+        finally:
+            gate.close()
+            label = result.route_label if result is not None else "unmatched"
+            status = result.response.status_code if result is not None else 500  # something escaped
+            metrics.requests_total.labels(
+                label, method if method in _KNOWN_METHODS else "OTHER", str(status)
+            ).inc()
+            metrics.request_duration.labels(label).observe(time.perf_counter() - started)
+            dashboard_record(route=label, status=status, duration=time.perf_counter() - started)
+            span.set_attribute("http.route", label)
+            span.set_status_code(status)
 
 
 def gateway_pipeline(request: HttpRequest, method: str, gate: _Gate) -> GatewayResult:

@@ -8,6 +8,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from common import telemetry
 from orders import events, metrics
 from orders.errors import ConcurrentSweep
 from orders.locks import orders_due_claim
@@ -20,6 +21,7 @@ def orders_expired_count_on_commit(count: int, source: str) -> None:
         transaction.on_commit(lambda: metrics.ORDERS_EXPIRED.labels(source=source).inc(count))
 
 
+@telemetry.traced("order.expire_due")
 def order_expire_due(
     *,
     now: datetime | None = None,
@@ -46,6 +48,8 @@ def order_expire_due(
         batches += 1
         if progress is not None:
             progress(expired, total)
+    telemetry.set_attribute("order.expired_count", total)
+    telemetry.set_attribute("order.expire_batches", batches)
     return total
 
 

@@ -24,6 +24,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import serializers
 
+from common import telemetry
 from common.errors import ApplicationError, ServiceUnavailable, ValidationFailed
 from orders import events, metrics
 from orders.errors import PaymentAmountMismatch, PaymentSignatureInvalid
@@ -161,6 +162,7 @@ def payment_signature_verify(*, body: bytes, signature: str | None) -> None:
 
 
 # --- Handling -------------------------------------------------------------------------------
+@telemetry.traced("order.payment_event")
 def payment_event_handle(
     *,
     event: PaymentEvent,
@@ -177,6 +179,8 @@ def payment_event_handle(
     still judged on its merits.
     """
     now = now or timezone.now()
+    telemetry.set_attribute("payment.event_id", str(event.event_id))
+    telemetry.set_attribute("payment.channel", channel)
     try:
         result = _payment_event_apply(event=event, consumer_group_name=consumer_group_name, now=now)
     except ApplicationError as exc:
@@ -185,6 +189,7 @@ def payment_event_handle(
     metrics.PAYMENT_EVENTS.labels(
         outcome="duplicate" if result.duplicate else result.outcome, channel=channel
     ).inc()
+    telemetry.set_attribute("payment.outcome", "duplicate" if result.duplicate else result.outcome)
     return result
 
 

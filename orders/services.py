@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from common import telemetry
 from common.errors import ValidationFailed
 from orders import events
 from orders.errors import OrderNotPending
@@ -53,6 +54,7 @@ def order_transition(*, order: Order, to: str, now: datetime, **fields: Any) -> 
 
 # savepoint=False: inside the idempotency decorator's transaction a savepoint costs two round
 # trips per order and buys nothing, since any failure here rolls the whole request back anyway.
+@telemetry.traced("order.create")
 @transaction.atomic(savepoint=False)
 def order_create(
     *,
@@ -111,6 +113,8 @@ def order_create(
             for i in order_items
         ],
     )
+    telemetry.set_attribute("order.id", str(order.id))
+    telemetry.set_attribute("order.item_count", len(order_items))
     # Serve the items just written without another query.
     order._prefetched_objects_cache = {"items": order_items}  # type: ignore[attr-defined]
     return order

@@ -32,6 +32,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from common import telemetry
 from outbox import metrics
 from outbox.models import OutboxDeliveryAttempt, OutboxEvent
 from outbox.publishers import Failures, Publisher, RelayEvent, publisher_from_settings
@@ -385,6 +386,34 @@ def _relay_round(
     result = BatchResult(claimed=len(events))
     if not events:
         return result, None
+    with telemetry.span(
+        "outbox.relay_batch",
+        kind="producer",
+        attributes={"outbox.claimed": len(events), "outbox.publisher": type(publisher).__name__},
+    ) as span:
+        relayed = _relay_claimed(
+            publisher=publisher, batch_size=batch_size, hooks=hooks, events=events, prefetch=prefetch
+        )
+        done = relayed[0]
+        span.set_attribute("outbox.published", done.published)
+        span.set_attribute("outbox.failed", done.failed)
+        span.set_attribute("outbox.dead", done.dead)
+        span.set_attribute("outbox.released", done.released)
+        if done.failed:
+            span.set_error(f"{done.failed} events failed to publish")
+        return relayed
+
+
+def _relay_claimed(
+    *,
+    publisher: Publisher,
+    batch_size: int,
+    hooks: RelayHooks | None,
+    events: list[RelayEvent],
+    prefetch: bool,
+) -> tuple[BatchResult, list[RelayEvent] | None]:
+    """Publish claimed `events` wave by wave (one event per aggregate per wave), then mark them."""
+    result = BatchResult(claimed=len(events))
     if hooks and hooks.after_claim:
         hooks.after_claim(events)
 

@@ -1,13 +1,12 @@
 """W3C trace context: continue the client's `traceparent` (same trace id, new span id) or start one.
 
 `tracestate` passes through untouched. With OTEL_EXPORTER_OTLP_ENDPOINT set, the gateway hop and
-the upstream call are also exported as spans by the OpenTelemetry SDK (gateway/policies/otel.py);
-unset, the SDK is never imported.
+the upstream call are also exported as spans by the OpenTelemetry SDK (common/telemetry.py, with
+this TraceContext's ids); unset, the SDK is never imported.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -43,4 +42,7 @@ def trace_context(traceparent: str | None) -> TraceContext:
 
 
 def otel_enabled() -> bool:
-    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    """Whether this process exports spans (common/telemetry.py decides; kept for callers)."""
+    from common import telemetry
+
+    return telemetry.enabled()

@@ -28,6 +28,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import SKIP_HEADER
 
+from common import telemetry
 from common.errors import ApplicationError
 from gateway import metrics
 from gateway.services import headers as header_rules
@@ -335,21 +336,28 @@ def proxy_forward(
         timeout = urllib3.Timeout(total=remaining)
         outcome = "error"
         try:
-            raw = _urlopen_raw(
-                target.pool,
-                method,
-                target.path_prefix + url_tail,
-                body=send_body,
-                headers=headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                timeout=timeout,
-                preload_content=False,
-                decode_content=False,
-            )
-            outcome = str(raw.status)
-            response = _read_response(raw, method, stream_read_timeout=remaining)
+            with telemetry.span(
+                "gateway.upstream",
+                kind="client",
+                attributes={"server.address": target.host, "gateway.attempt": attempt},
+            ) as span:
+                telemetry.inject(headers)  # the upstream's parent is this attempt's span
+                raw = _urlopen_raw(
+                    target.pool,
+                    method,
+                    target.path_prefix + url_tail,
+                    body=send_body,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    timeout=timeout,
+                    preload_content=False,
+                    decode_content=False,
+                )
+                outcome = str(raw.status)
+                span.set_status_code(raw.status)
+                response = _read_response(raw, method, stream_read_timeout=remaining)
         except NewConnectionError as exc:
             # Refused / unreachable before one byte went out: safe to retry for every method.
             # (A connect *timeout* is ConnectTimeoutError proper: the budget is spent, see below.)
