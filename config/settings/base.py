@@ -88,9 +88,8 @@ if REDIS_URL:
                 "SOCKET_CONNECT_TIMEOUT": 0.25,
                 "SOCKET_TIMEOUT": 0.25,
                 "CONNECTION_POOL_KWARGS": {"max_connections": 100, "retry_on_timeout": False},
-                # rbac/revoked/jwks are JSON (gateway.caching); what is still pickled is read with an
-                # allow-list unpickler, so a compromised Redis cannot run code here.
-                "SERIALIZER": "gateway.caching.serializers.AllowListPickleSerializer",
+                # JSON, never pickle: a compromised Redis cannot run code here (not JSON = a miss).
+                "SERIALIZER": "gateway.caching.serializers.JSONCacheSerializer",
             },
             "KEY_PREFIX": "",
             # Keys exactly as the SPEC names them (`routes:/a:GET`), so SCAN by kind finds them.
