@@ -276,13 +276,17 @@ LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "common.logging.CorrelationIdFilter"}},
+    "filters": {
+        "correlation": {"()": "common.logging.CorrelationIdFilter"},
+        "task": {"()": "common.logging.TaskFilter"},
+        "quiet_ticks": {"()": "common.logging.QuietTicksFilter"},
+    },
     "formatters": {"json": {"()": "common.logging.JsonFormatter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["correlation"],
+            "filters": ["correlation", "task", "quiet_ticks"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
