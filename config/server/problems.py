@@ -31,7 +31,9 @@ def problem_parts(
     slug, title = _KINDS.get(status, ("error", http.HTTPStatus(status).phrase))
     correlation_id = new_correlation_id()
     # No request context at this layer: a fresh correlation id, echoed in the header too.
-    body = problem_body(status=status, slug=slug, title=title, detail=detail, correlation_id=correlation_id)
+    body = problem_body(
+        status=status, slug=slug, title=title, detail=detail, correlation_id=correlation_id
+    )
     all_headers = [
         (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
