@@ -156,6 +156,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "common.schema.problem_responses_hook",
+        "gateway.schema.internal_rules_hook",
     ],
 }
 
