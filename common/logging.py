@@ -21,6 +21,47 @@ class CorrelationIdFilter(logging.Filter):
         return True
 
 
+def _current_task():  # type: ignore[no-untyped-def]
+    from celery import current_task
+
+    task = current_task._get_current_object() if current_task else None
+    return task if task is not None and getattr(task.request, "id", None) else None
+
+
+class TaskFilter(logging.Filter):
+    """Adds `task_name` / `task_id` to lines written while a Celery task runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = _current_task()
+        if task is not None and not hasattr(record, "task_id"):
+            record.task_name = task.name
+            record.task_id = task.request.id
+        return True
+
+
+# Celery's per-task lines: "Task x[id] received", "Task x[id] succeeded in 0.01s: 0", and beat's
+# "Scheduler: Sending due task". The periodic ticks (relay every few seconds) would fill the log.
+_TICK_LOGGERS = frozenset({"celery.worker.strategy", "celery.app.trace", "celery.beat"})
+
+
+class QuietTicksFilter(logging.Filter):
+    """Routine scheduling lines become DEBUG: a task received, a beat entry sent, and a task that
+    succeeded having done nothing (returned 0 or None). A task that did work (returned a count
+    above 0, e.g. events relayed) stays at INFO, and so does anything about a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name not in _TICK_LOGGERS or record.levelno != logging.INFO:
+            return True
+        message = str(record.msg)
+        routine = "received" in message or message.startswith("Scheduler: Sending due task")
+        if "succeeded" in message and isinstance(record.args, dict):
+            routine = record.args.get("return_value") in (0, None, "0", "None")
+        if not routine:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 class JsonFormatter(_JsonFormatter):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         kwargs.setdefault(

@@ -59,6 +59,28 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictStringField(serializers.CharField):
+    """A JSON string only, taken as sent (not trimmed); blank allowed unless `allow_blank=False`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON `true` / `false` only: "true", 1 and "yes" are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class StrictUUIDField(serializers.UUIDField):
     """A UUID string only (DRF's UUIDField turns the integer 5 into a UUID)."""
 

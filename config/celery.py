@@ -19,6 +19,39 @@ def _attach_correlation_id(headers: dict | None = None, **_: object) -> None:
         headers.setdefault("correlation_id", get_correlation_id())
 
 
+@signals.celeryd_init.connect  # before the worker's first warning (running as root…)
+@signals.setup_logging.connect
+def _project_logging(**_: object) -> None:
+    """Worker and beat log through settings.LOGGING (JSON lines, correlation id, task name and
+    id), not Celery's text format: connecting setup_logging stops Celery configuring logging."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+    logging.captureWarnings(True)  # e.g. Celery's SecurityWarning, as a JSON line too
+
+
+@signals.worker_ready.connect
+def _log_warm_shutdown(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    """Celery prints "worker: Warm shutdown (MainProcess)" as plain text on SIGTERM; the same
+    handler (celery 5.7's `_shutdown_handler`, pinned) without the print, and a JSON line instead."""
+    import logging
+
+    from celery.apps.worker import _shutdown_handler
+
+    worker = getattr(sender, "controller", None)
+    if worker is None:
+        return
+    _shutdown_handler(
+        worker,
+        sig="SIGTERM",
+        how="Warm",
+        verbose=False,
+        callback=lambda _worker: logging.getLogger("gatehouse.worker").info("warm shutdown (SIGTERM)"),
+    )
+
+
 @signals.task_prerun.connect
 def _restore_correlation_id(task=None, **_: object) -> None:  # type: ignore[no-untyped-def]
     from common.correlation import new_correlation_id, set_correlation_id

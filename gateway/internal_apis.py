@@ -15,6 +15,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.errors import ServiceUnavailable
+from common.serializer_fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+    StrictStringField,
+)
 from gateway.authentication import InternalTokenAuthentication
 
 
@@ -25,9 +31,12 @@ class _InternalAPIView(APIView):
 
 class RevocationCreateApi(_InternalAPIView):
     class InputSerializer(serializers.Serializer):
-        jti = serializers.CharField(max_length=255)
-        expires_at = serializers.DateTimeField(required=False)
-        ttl = serializers.IntegerField(required=False, min_value=1, max_value=366 * 24 * 3600)
+        # Strict JSON types; a blank or whitespace-only jti is a 400 (the schema's pattern says so).
+        jti = StrictCharField(max_length=255)
+        expires_at = serializers.DateTimeField(required=False, help_text="The token's own exp.")
+        ttl = StrictIntegerField(
+            required=False, min_value=1, max_value=366 * 24 * 3600, help_text="Seconds; not with expires_at."
+        )
 
         def validate(self, attrs: dict) -> dict:
             if "expires_at" in attrs and "ttl" in attrs:
@@ -69,9 +78,11 @@ class RbacUpdatedApi(_InternalAPIView):
     """`rbac.updated`: forget cached permissions of one user in one tenant, or of everyone."""
 
     class InputSerializer(serializers.Serializer):
-        user_id = serializers.CharField(required=False, max_length=255)
-        tenant_id = serializers.CharField(required=False, max_length=255, allow_blank=True)
-        all = serializers.BooleanField(required=False, default=False)
+        # Either {"user_id": …, "tenant_id": …} or {"all": true}: the schema states it as a oneOf
+        # (gateway.schema.internal_rules_hook).
+        user_id = StrictCharField(required=False, max_length=255)
+        tenant_id = StrictStringField(required=False, max_length=255, allow_blank=True)
+        all = StrictBooleanField(required=False, default=False)
 
         def validate(self, attrs: dict) -> dict:
             if attrs["all"] == ("user_id" in attrs):

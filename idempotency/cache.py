@@ -3,7 +3,8 @@
 Only `completed` records are cached: they never change until they expire, and every entry carries
 its `expires_at`, so a stale copy is never replayed after the record's retention. The database stays
 the source of truth; when Redis fails, this process skips it for a few seconds instead of paying a
-socket timeout on every request.
+socket timeout on every request. Redis holds each record as JSON (`_encode` / `_decode`, the body
+base64, format version `gateway.caching.codecs.FORMAT`): anything else there is a miss.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from common.local_cache import LocalTTLCache
+from gateway.caching.codecs import bytes_decode, bytes_encode, is_current, versioned
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def cached_record_get(*, scope: str, key: str) -> tuple[CachedRecord, str] | Non
     if not redis_breaker.available():
         return None
     try:
-        record = cache.get(name)
+        record = _decode(cache.get(name))
     except Exception as exc:  # any Redis failure: fall through to the database
         redis_breaker.trip(exc)
         return None
@@ -108,9 +110,51 @@ def cached_record_put(*, scope: str, key: str, record: CachedRecord, shared: boo
         return
     seconds = int((record.expires_at - timezone.now()).total_seconds())
     try:
-        cache.set(name, record, timeout=max(seconds, 1))
+        cache.set(name, _encode(record), timeout=max(seconds, 1))
     except Exception as exc:
         redis_breaker.trip(exc)
+
+
+def _encode(record: CachedRecord) -> dict:
+    response = record.response
+    return versioned(
+        {
+            "request_hash": record.request_hash,
+            "expires_at": record.expires_at.isoformat(),
+            "response": {
+                "status": response.status,
+                "body": bytes_encode(response.body),
+                "content_type": response.content_type,
+                "location": response.location,
+                "stored": response.stored,
+            },
+        }
+    )
+
+
+def _decode(raw: object) -> CachedRecord | None:
+    """The record `_encode` wrote, or None for anything not written in the current format."""
+    if not is_current(raw):
+        return None
+    assert isinstance(raw, dict)
+    try:
+        response = raw["response"]
+        expires_at = datetime.fromisoformat(raw["expires_at"])
+        if expires_at.tzinfo is None:
+            return None
+        return CachedRecord(
+            request_hash=str(raw["request_hash"]),
+            response=StoredResponse(
+                status=int(response["status"]),
+                body=bytes_decode(response["body"]),
+                content_type=str(response["content_type"]),
+                location=str(response["location"]),
+                stored=bool(response["stored"]),
+            ),
+            expires_at=expires_at,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _local_put(name: str, record: CachedRecord) -> None:

@@ -289,7 +289,11 @@ def _payment_event_apply(
 
 
 def processed_events_purge(
-    *, now: datetime | None = None, retention_days: int | None = None, batch_size: int = 5000
+    *,
+    now: datetime | None = None,
+    retention_days: float | None = None,
+    batch_size: int = 5000,
+    dry_run: bool = False,
 ) -> int:
     """Delete processed-event rows older than the retention window, in batches; returns the count.
 
@@ -302,6 +306,8 @@ def processed_events_purge(
     now = now or timezone.now()
     days = settings.PROCESSED_EVENTS_RETENTION_DAYS if retention_days is None else retention_days
     cutoff = now - timedelta(days=days)
+    if dry_run:
+        return ProcessedEvent.objects.filter(processed_at__lt=cutoff).count()
     deleted = 0
     while True:
         ids = list(

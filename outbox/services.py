@@ -285,11 +285,20 @@ def outbox_replay(
     return count
 
 
-def outbox_purge_published(*, older_than: timedelta | None = None, batch_size: int = 5000) -> int:
-    """Delete published events past the retention window, in batches (short locks, any size)."""
+def outbox_purge_published(
+    *, older_than: timedelta | None = None, batch_size: int = 5000, dry_run: bool = False
+) -> int:
+    """Delete published events past the retention window, in batches (short locks, any size);
+    `dry_run`: only count them."""
     from django.conf import settings
 
-    cutoff = timezone.now() - (older_than or timedelta(days=settings.OUTBOX_RETENTION_DAYS))
+    if older_than is None:
+        older_than = timedelta(days=settings.OUTBOX_RETENTION_DAYS)
+    cutoff = timezone.now() - older_than
+    if dry_run:
+        return OutboxEvent.objects.filter(
+            status=OutboxEvent.Status.PUBLISHED, published_at__lt=cutoff
+        ).count()
     deleted = 0
     while True:
         ids = list(

@@ -88,9 +88,8 @@ if REDIS_URL:
                 "SOCKET_CONNECT_TIMEOUT": 0.25,
                 "SOCKET_TIMEOUT": 0.25,
                 "CONNECTION_POOL_KWARGS": {"max_connections": 100, "retry_on_timeout": False},
-                # rbac/revoked/jwks are JSON (gateway.caching); what is still pickled is read with an
-                # allow-list unpickler, so a compromised Redis cannot run code here.
-                "SERIALIZER": "gateway.caching.serializers.AllowListPickleSerializer",
+                # JSON, never pickle: a compromised Redis cannot run code here (not JSON = a miss).
+                "SERIALIZER": "gateway.caching.serializers.JSONCacheSerializer",
             },
             "KEY_PREFIX": "",
             # Keys exactly as the SPEC names them (`routes:/a:GET`), so SCAN by kind finds them.
@@ -157,6 +156,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "common.schema.problem_responses_hook",
+        "gateway.schema.internal_rules_hook",
     ],
 }
 
@@ -282,13 +282,17 @@ LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "common.logging.CorrelationIdFilter"}},
+    "filters": {
+        "correlation": {"()": "common.logging.CorrelationIdFilter"},
+        "task": {"()": "common.logging.TaskFilter"},
+        "quiet_ticks": {"()": "common.logging.QuietTicksFilter"},
+    },
     "formatters": {"json": {"()": "common.logging.JsonFormatter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["correlation"],
+            "filters": ["correlation", "task", "quiet_ticks"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -46,6 +46,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # Lost broker connection: cancel running acks_late tasks (they are redelivered and idempotent).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Logs: settings.LOGGING (JSON lines) applies in the worker and beat too (config.celery's
+# setup_logging handler); Celery must not replace the root logger's handlers with its text ones.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None

@@ -1,67 +1,29 @@
-"""django-redis serializer for the values that are still pickled (routes, responses, idempotency
-records, until they move to JSON): it writes pickle as before, but reads with an unpickler that
-only resolves an allow-list of plain classes, so a value planted in a compromised Redis cannot run
-code here (`find_class` is where pickle's code execution goes through). Anything else is a miss.
-The gateway's own two-level caches (rbac, revoked, jwks) store JSON and never reach this.
+"""django-redis serializer of the shared cache: JSON text, never pickle.
+
+Every value the project puts through `django.core.cache` is JSON-able (the gateway's value types
+are encoded explicitly by `gateway.caching.codecs`, the response cache and the idempotency cache),
+so `redis-cli GET` shows JSON, and a value planted in a compromised Redis cannot run code here:
+whatever is not JSON (an old pickle, garbage) reads as a miss.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import logging
-import pickle
 from typing import Any
 
-from django_redis.serializers.pickle import PickleSerializer
+from django_redis.serializers.base import BaseSerializer
 
 logger = logging.getLogger("gatehouse.cache")
 
-ALLOWED_GLOBALS = frozenset(
-    {
-        ("builtins", "frozenset"),
-        ("builtins", "set"),
-        ("builtins", "bytearray"),
-        ("builtins", "complex"),
-        ("builtins", "slice"),
-        ("copyreg", "_reconstructor"),
-        ("builtins", "object"),
-        ("datetime", "datetime"),
-        ("datetime", "date"),
-        ("datetime", "time"),
-        ("datetime", "timedelta"),
-        ("datetime", "timezone"),
-        ("decimal", "Decimal"),
-        ("uuid", "UUID"),
-        ("collections", "OrderedDict"),
-        ("gateway.types", "ResolvedRoute"),
-        ("gateway.types", "RouteMatch"),
-        ("gateway.types", "Identity"),
-        ("idempotency.cache", "CachedRecord"),
-        ("idempotency.cache", "StoredResponse"),
-    }
-)
 
-
-class RefusedPickle(pickle.UnpicklingError):
-    pass
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in ALLOWED_GLOBALS:
-            raise RefusedPickle(f"{module}.{name} is not allowed in the shared cache")
-        return super().find_class(module, name)
-
-
-class AllowListPickleSerializer(PickleSerializer):
-    """PickleSerializer whose `loads` refuses every class outside ALLOWED_GLOBALS (a miss)."""
+class JSONCacheSerializer(BaseSerializer):
+    def dumps(self, value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
 
     def loads(self, value: bytes) -> Any:
         try:
-            return _AllowListUnpickler(io.BytesIO(value)).load()
-        except RefusedPickle as exc:
-            logger.error("refused a cached value: %s", exc)
-            return None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-            logger.warning("unreadable cached value ignored: %s", exc)
+            return json.loads(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            logger.warning("a cached value that is not JSON was ignored: %s", exc)
             return None

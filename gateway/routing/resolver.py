@@ -27,6 +27,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 
 from common.local_cache import LocalTTLCache
+from gateway.caching.codecs import route_result_decode, route_result_encode
 from gateway.models import RoutesVersion
 from gateway.routing.errors import MethodNotAllowed, NoUpstream, RouteNotFound
 from gateway.routing.normalise import path_normalise
@@ -108,20 +109,18 @@ class RouteResolver:
         values = shared_cache_call(lambda: cache.get_many([VERSION_KEY, key]), None)
         if not values or key not in values:
             return None
-        entry = values[key]
-        version = int(values.get(VERSION_KEY) or 0)
-        if not isinstance(entry, tuple) or len(entry) != 2 or entry[0] != version:
+        decoded = route_result_decode(values[key])  # JSON of the current format, else a miss
+        if decoded is None or decoded[0] != int(values.get(VERSION_KEY) or 0):
             return None
-        if not isinstance(entry[1], RouteMatch | RouteMiss):
-            return None  # written by an older release (tuples): recompute
-        return entry[1]
+        return decoded[1]
 
     def _shared_set(self, normalised: str, method: str, version: int, result: RouteMatch | RouteMiss) -> None:
         if version < 0 or not shared_cache_is_redis():
             return
         key = _shared_key(normalised, method)
         timeout = settings.GATEWAY_ROUTE_CACHE_TTL
-        shared_cache_call(lambda: cache.set(key, (version, result), timeout), None)
+        value = route_result_encode(version=version, result=result)
+        shared_cache_call(lambda: cache.set(key, value, timeout), None)
 
     def _resolve_uncached(self, method: str, path: str) -> tuple[RouteMatch | RouteMiss, bool]:
         """(result, whether it may be kept in the local layer)."""

@@ -9,7 +9,9 @@ another's response. HEAD is answered from the GET entry (without the body); only
 stored. What may be served and stored is decided by `gateway.services.cache_rules` (RFC 9111: no
 Cookie, Authorization only with an explicitly shareable answer on public routes, no private /
 no-store / Set-Cookie). A response with `Vary` leaves a marker `("vary", names)` at the key and is
-stored at `{key}:{digest of the request's values for those names}`.
+stored at `{key}:{digest of the request's values for those names}`. Values are JSON
+(`_encode` / `_decode`, the body base64, format version `gateway.caching.codecs.FORMAT`); anything
+else found at a key (an old pickle, garbage) is a miss.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from gateway.caching.codecs import bytes_decode, bytes_encode, is_current, versioned
 from gateway.services.cache_rules import (
     HeaderPairs,
     cache_lookup_allowed,
@@ -92,10 +95,10 @@ def response_cache_get(
     key = _key(route=route, path=path, query_string=query_string, identity=identity)
     if key is None:
         return None
-    stored = shared_cache_call(lambda: cache.get(key), None)
+    stored = _decode(shared_cache_call(lambda: cache.get(key), None))
     if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == _VARY_MARKER:
         variant = f"{key}:{vary_digest(request_headers=request_headers, names=tuple(stored[1]))}"
-        stored = shared_cache_call(lambda: cache.get(variant), None)
+        stored = _decode(shared_cache_call(lambda: cache.get(variant), None))
     if not isinstance(stored, tuple) or len(stored) != 4:
         cache_miss("responses")
         return None
@@ -145,10 +148,41 @@ def response_cache_set(
     if names:
         # The primary key says which request headers select the variant; each variant has its own.
         variant = f"{key}:{vary_digest(request_headers=request_headers, names=names)}"
-        entries = {variant: value, key: (_VARY_MARKER, names)}
+        entries = {variant: _encode(value), key: _encode((_VARY_MARKER, names))}
         shared_cache_call(lambda: cache.set_many(entries, ttl), None)
     else:
-        shared_cache_call(lambda: cache.set(key, value, ttl), None)
+        encoded = _encode(value)
+        shared_cache_call(lambda: cache.set(key, encoded, ttl), None)
+
+
+def _encode(value: tuple) -> dict:
+    """A stored response `(status, headers, body, stored_at)` or a Vary marker `("vary", names)`
+    as a JSON object."""
+    if value[0] == _VARY_MARKER:
+        return versioned({"vary": list(value[1])})
+    status, headers, body, stored_at = value
+    return versioned(
+        {
+            "status": status,
+            "headers": [[name, header_value] for name, header_value in headers],
+            "body": bytes_encode(body),
+            "stored_at": stored_at,
+        }
+    )
+
+
+def _decode(raw: object) -> tuple | None:
+    """`_encode`'s tuple back, or None for anything not written in the current format."""
+    if not is_current(raw):
+        return None
+    assert isinstance(raw, dict)
+    try:
+        if "vary" in raw:
+            return (_VARY_MARKER, tuple(str(name) for name in raw["vary"]))
+        headers = [(str(name), str(header_value)) for name, header_value in raw["headers"]]
+        return (int(raw["status"]), headers, bytes_decode(raw["body"]), float(raw["stored_at"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def response_cache_invalidate(*, route_id: int | None = None) -> None:

@@ -279,7 +279,11 @@ def _revoked_cache_write(jti: str) -> bool:
     return True
 
 
-def revoked_tokens_purge(*, now: datetime | None = None) -> int:
-    """Delete revocations of tokens that have expired anyway; returns how many."""
-    deleted, _ = RevokedToken.objects.filter(expires_at__lt=now or timezone.now()).delete()
+def revoked_tokens_purge(*, now: datetime | None = None, dry_run: bool = False) -> int:
+    """Delete revocations of tokens that have expired anyway; returns how many (`dry_run`: only
+    counts them)."""
+    expired = RevokedToken.objects.filter(expires_at__lt=now or timezone.now())
+    if dry_run:
+        return expired.count()
+    deleted, _ = expired.delete()
     return deleted

@@ -70,7 +70,7 @@ def test_flush_one_kind_leaves_the_others():
 def test_flush_everything():
     cache.set("rbac:u1:t1", {"permissions": []}, 60)
     cache.set("revoked:j1", "true", 60)
-    cache.set("responses:1:1:abc", (200, [], b"x", 0), 60)
+    cache.set("responses:1:1:abc", {"v": 1, "status": 200, "headers": [], "body": "eA==", "stored_at": 0}, 60)
     cache.set("unrelated", "kept", 60)
 
     output = _run("flush")

@@ -102,14 +102,9 @@ def test_the_django_cache_refuses_a_planted_pickle_of_a_code_running_class():
     assert cache.get("responses:planted") is None  # a miss; exec never resolved
 
 
-def test_the_django_cache_still_reads_the_route_values_it_writes():
+def test_the_django_cache_writes_json_text():
     from django.core.cache import cache
 
-    from gateway.types import ResolvedRoute, RouteMatch
-
-    route = ResolvedRoute(id=1, methods=("GET",), path="/a", service="s", targets=("http://x",))
-    value = (3, RouteMatch(route=route, params={"a": "1"}, path="/a"))
-    cache.set("routes:/a:GET", value, 30)
-    assert cache.get("routes:/a:GET") == value
-    cache.set("responses:bytes", {"body": b"\x00\x01", "headers": [("a", "b")]}, 30)
-    assert cache.get("responses:bytes") == {"body": b"\x00\x01", "headers": [("a", "b")]}
+    cache.set("routes:/a:GET", {"v": 1, "miss": {"allowed": ["GET"]}}, 30)
+    assert json.loads(_raw().get("routes:/a:GET")) == {"v": 1, "miss": {"allowed": ["GET"]}}
+    assert cache.get("routes:/a:GET") == {"v": 1, "miss": {"allowed": ["GET"]}}

@@ -10,6 +10,7 @@ import jwt
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from common.command_args import positive_int
 from gateway.services.dev_key import DEV_KEY_ALGORITHM, DevKeyRefused, dev_key_ensure
 
 
@@ -25,7 +26,9 @@ class Command(BaseCommand):
             default=None,
             help="a permission (repeat for several); without any, permissions come from RBAC",
         )
-        parser.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+        parser.add_argument(
+            "--ttl", type=positive_int, default=3600, help="lifetime in seconds (default 3600)"
+        )
 
     def handle(  # noqa: ANN002, ANN003
         self, *args, sub: str, tenant: str, permission: list[str] | None, ttl: int, **options

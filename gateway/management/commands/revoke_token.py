@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import jwt
 from django.core.management.base import BaseCommand, CommandError
 
+from common.command_args import positive_int
 from common.errors import ServiceUnavailable
 from gateway.services.revocation import revoked_tokens_purge, token_revoke
 
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("jti", nargs="?")
         parser.add_argument(
             "--ttl",
-            type=int,
+            type=positive_int,
             default=None,
             help="The token's remaining lifetime in seconds (default: the longest a token may live, "
             "JWT_MAX_TOKEN_LIFETIME_SECONDS).",
@@ -33,13 +34,22 @@ class Command(BaseCommand):
         parser.add_argument(
             "--purge-expired", action="store_true", help="delete revocations of tokens that have expired"
         )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="with --purge-expired: count, delete nothing"
+        )
 
     def handle(  # noqa: ANN002, ANN003
         self, *args, jti: str | None, ttl: int | None, token: str | None, purge_expired: bool, **options
     ) -> None:
+        if options.get("dry_run") and not purge_expired:
+            raise CommandError("--dry-run applies to --purge-expired only")
         if purge_expired:
             if jti or token:
                 raise CommandError("give a JTI or --purge-expired, not both")
+            if options.get("dry_run"):
+                count = revoked_tokens_purge(dry_run=True)
+                self.stdout.write(f"dry run: {count} revocation(s) of expired tokens would be purged")
+                return
             self.stdout.write(f"purged {revoked_tokens_purge()} revocation(s) of expired tokens")
             return
         expires_at = None

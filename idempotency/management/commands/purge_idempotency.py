@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from common.command_args import positive_int
 from idempotency.services import idempotency_purge_expired
 
 
@@ -13,7 +14,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted.")
-        parser.add_argument("--batch-size", type=int, default=1000, help="Rows per DELETE (default 1000).")
+        parser.add_argument(
+            "--batch-size", type=positive_int, default=1000, help="Rows per DELETE (default 1000)."
+        )
 
     def handle(self, *args: Any, dry_run: bool, batch_size: int, **options: Any) -> None:
         if batch_size < 1:

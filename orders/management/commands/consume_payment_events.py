@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from kombu.exceptions import OperationalError as BrokerError
 
+from common.command_args import positive_float, positive_int
 from orders.consumer import BrokerConsumerStopped, payment_events_broker_url, payment_events_consume
 
 
@@ -20,9 +21,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--queue", default=None, help="Queue name (default PAYMENT_EVENTS_QUEUE).")
         parser.add_argument("--broker-url", default=None, help="Broker URL (default from settings).")
-        parser.add_argument("--max-messages", type=int, default=None, help="Stop after N messages.")
+        parser.add_argument("--max-messages", type=positive_int, default=None, help="Stop after N messages.")
         parser.add_argument(
-            "--timeout", type=float, default=None, help="Stop after this many seconds without a message."
+            "--timeout",
+            type=positive_float,
+            default=None,
+            help="Stop after this many seconds without a message.",
         )
 
     def handle(

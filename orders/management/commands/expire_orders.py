@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
+from common.command_args import positive_int
 from orders import expiry, selectors
 
 
@@ -16,7 +17,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Count the due orders, change nothing.")
-        parser.add_argument("--batch-size", type=int, default=5000, help="Orders per transaction (5000).")
+        parser.add_argument(
+            "--batch-size", type=positive_int, default=5000, help="Orders per transaction (5000)."
+        )
 
     def handle(self, *args: Any, dry_run: bool, batch_size: int, **options: Any) -> None:
         now = timezone.now()

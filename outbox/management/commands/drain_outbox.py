@@ -9,6 +9,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from common.command_args import positive_float, positive_int
 from outbox.relay import BatchResult, DrainResult, RelayHooks, outbox_relay_drain
 
 
@@ -17,10 +18,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--loop", action="store_true", help="keep relaying until stopped")
-        parser.add_argument("--batch-size", type=int, default=None)
+        parser.add_argument("--batch-size", type=positive_int, default=None)
         parser.add_argument(
             "--interval",
-            type=float,
+            type=positive_float,
             default=None,
             help="seconds to wait when idle in --loop (default OUTBOX_RELAY_INTERVAL_SECONDS)",
         )
