@@ -122,6 +122,13 @@ class GatewayClient:
         )
         return GatewayResponse(response)
 
+    def stream(self, method: str, path: str, **headers: str) -> urllib3.BaseHTTPResponse:
+        """An answer whose body is read by the caller (`.stream(n)`, `.read(n)`, `.release_conn()`)."""
+        if self._synced != _last_routes_change:
+            self.sync()
+        pool = urllib3.HTTPConnectionPool("127.0.0.1", self.port, maxsize=1)
+        return pool.request(method, path, headers=headers, retries=False, timeout=30, preload_content=False)
+
     def get(self, path: str, **kwargs: Any) -> GatewayResponse:
         return self.request("GET", path, **kwargs)
 
