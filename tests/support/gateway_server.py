@@ -129,6 +129,9 @@ class GatewayClient:
         pool = urllib3.HTTPConnectionPool("127.0.0.1", self.port, maxsize=1)
         return pool.request(method, path, headers=headers, retries=False, timeout=30, preload_content=False)
 
+    def generic(self, method: str, path: str, data: Any = None, **kwargs: Any) -> GatewayResponse:
+        return self.request(method, path, data, **kwargs)
+
     def get(self, path: str, **kwargs: Any) -> GatewayResponse:
         return self.request("GET", path, **kwargs)
 
@@ -211,7 +214,7 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def _gw_servers():
+def _gw_servers(django_db_setup):  # stopped before the test database is dropped
     servers: dict[tuple, GatewayServer] = {}
     probe = HttpServer(lambda request: Reply(200, b"probe"))
     yield servers, probe
