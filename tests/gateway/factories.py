@@ -10,12 +10,14 @@ from __future__ import annotations
 import factory
 
 from gateway.models import Route, Service, ServiceTarget
+from tests.support.gateway_server import routes_changed
 
 
 def _routes_changed() -> None:
     from gateway.routing import route_cache_invalidate_now
 
     route_cache_invalidate_now()
+    routes_changed()  # a server-process client waits until the server sees it
 
 
 class _InvalidatingFactory(factory.django.DjangoModelFactory):

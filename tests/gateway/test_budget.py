@@ -12,20 +12,21 @@ import pytest
 from tests.gateway.proxy_support import proxy_route
 from tests.support.servers import Reply
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def timed_get(client, path: str):
+def timed_get(gw, path: str):
+    gw.sync()  # the route is seen before the clock starts
     started = time.monotonic()
-    response = client.get(path)
+    response = gw.get(path)
     return response, time.monotonic() - started
 
 
-def test_slow_upstream_is_504_within_the_budget_not_per_attempt(client, http_server_factory):
+def test_slow_upstream_is_504_within_the_budget_not_per_attempt(gw, http_server_factory):
     upstream = http_server_factory(lambda request: Reply(200, b"late", delay=2.5))
     proxy_route(upstream.url, path="/slow", timeout_ms=2000, retry_count=2)
 
-    response, elapsed = timed_get(client, "/gw/slow")
+    response, elapsed = timed_get(gw, "/gw/slow")
 
     assert response.status_code == 504
     assert response["Content-Type"] == "application/problem+json"
@@ -34,34 +35,35 @@ def test_slow_upstream_is_504_within_the_budget_not_per_attempt(client, http_ser
     assert len(upstream.requests) == 1  # no time was left for a retry
 
 
-def test_upstream_within_the_budget_is_served(client, http_server_factory):
+def test_upstream_within_the_budget_is_served(gw, http_server_factory):
     upstream = http_server_factory(lambda request: Reply(200, b"in time", delay=1.5))
     proxy_route(upstream.url, path="/slow", timeout_ms=2000, retry_count=2)
 
-    response, elapsed = timed_get(client, "/gw/slow")
+    response, elapsed = timed_get(gw, "/gw/slow")
 
     assert response.status_code == 200
     assert response.content == b"in time"
     assert elapsed >= 1.5
 
 
-def test_retries_and_backoff_never_outlast_the_budget(client, http_server_factory):
+def test_retries_and_backoff_never_outlast_the_budget(gw, http_server_factory):
     upstream = http_server_factory(lambda request: Reply(503, b"busy", delay=0.4))
     proxy_route(upstream.url, path="/busy", timeout_ms=1000, retry_count=10)
 
-    response, elapsed = timed_get(client, "/gw/busy")
+    response, elapsed = timed_get(gw, "/gw/busy")
 
     assert response.status_code in (503, 504)
     assert elapsed <= 1.7
     assert 1 <= len(upstream.requests) <= 3  # 10 retries were allowed, the budget was not
 
 
-def test_post_that_times_out_is_504_and_not_repeated(client, http_server_factory):
+def test_post_that_times_out_is_504_and_not_repeated(gw, http_server_factory):
     upstream = http_server_factory(lambda request: Reply(201, b"late", delay=1.5))
     proxy_route(upstream.url, path="/slow", timeout_ms=500, retry_count=2)
 
+    gw.sync()
     started = time.monotonic()
-    response = client.post("/gw/slow", data=b"{}", content_type="application/json")
+    response = gw.post("/gw/slow", data=b"{}", content_type="application/json")
 
     assert response.status_code == 504
     assert time.monotonic() - started < 1.4
@@ -137,13 +139,13 @@ HEAD = (
     [(b"", HEAD + b"b" * 40), (HEAD, b"b" * 40)],
     ids=["status-line-and-headers-trickle", "small-body-trickles"],
 )
-def test_an_upstream_trickling_its_answer_cannot_stretch_the_budget(client, trickling_upstream, fast, slow):
+def test_an_upstream_trickling_its_answer_cannot_stretch_the_budget(gw, trickling_upstream, fast, slow):
     # given an upstream that would take 4-12 s, one byte every 100 ms, each well within a read timeout
     upstream = trickling_upstream(fast=fast, slow=slow, interval=0.1)
     proxy_route(upstream.url, path="/trickle", timeout_ms=1000, retry_count=2)
 
     # when
-    response, elapsed = timed_get(client, "/gw/trickle")
+    response, elapsed = timed_get(gw, "/gw/trickle")
 
     # then the budget is a deadline: 504 after about 1 s
     assert response.status_code == 504
@@ -153,7 +155,7 @@ def test_an_upstream_trickling_its_answer_cannot_stretch_the_budget(client, tric
     assert upstream.requests == 1  # a timeout is not retried: the budget is spent
 
 
-def test_a_streamed_body_may_outlast_the_budget_while_chunks_keep_coming(client, http_server_factory):
+def test_a_streamed_body_may_outlast_the_budget_while_chunks_keep_coming(gw, http_server_factory):
     # A large or unknown-length body streams: the budget covers the head, then each read may
     # wait up to what was left when the attempt started (docs/gateway-proxy.md).
     def slow_chunks():
@@ -164,9 +166,10 @@ def test_a_streamed_body_may_outlast_the_budget_while_chunks_keep_coming(client,
     upstream = http_server_factory(lambda request: Reply(200, slow_chunks()))
     proxy_route(upstream.url, path="/stream", timeout_ms=1000, retry_count=0)
 
+    gw.sync()
     started = time.monotonic()
-    response = client.get("/gw/stream")
-    body = b"".join(response.streaming_content)
+    response = gw.get("/gw/stream")
+    body = response.content
 
     assert response.status_code == 200
     assert body == b"".join(b"chunk-%d;" % index for index in range(6))

@@ -53,11 +53,13 @@ def test_revoked_token_is_refused_on_the_api_too(client, token_service, django_c
     assert client.get("/api/orders", **headers).status_code == 401
 
 
-def test_one_token_works_at_the_gateway_and_on_the_api(client, token_service, http_server_factory):
+@pytest.mark.django_db(transaction=True)
+def test_one_token_works_at_the_gateway_and_on_the_api(gw_server, token_service, http_server_factory):
+    gw = gw_server(token_service.env)
     upstream = http_server_factory(lambda request: Reply(200, b"ok"))
     proxy_route(upstream.url, path="/things/**", auth_required=True)
     headers = token_service.auth_header(sub="u-1", permissions=[])
 
-    assert client.get("/gw/things/1", **headers).status_code == 200
-    assert client.get("/api/orders", **headers).status_code == 200
+    assert gw.get("/gw/things/1", **headers).status_code == 200
+    assert gw.get("/api/orders", **headers).status_code == 200
     assert upstream.requests[0].header("X-User-ID") == "u-1"

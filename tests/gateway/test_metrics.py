@@ -8,46 +8,44 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.proxy_support import proxy_route
 from tests.support.servers import Reply
 
 
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+def scraped(text: str, name: str, **labels: str) -> float:
+    """A sample of a /metrics scrape (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
 
 
-@pytest.mark.django_db
-def test_requests_are_counted_by_route_pattern_and_status(client, http_server_factory):
+@pytest.mark.django_db(transaction=True)
+def test_requests_are_counted_by_route_pattern_and_status(gw, http_server_factory):
     upstream = http_server_factory(
         lambda request: Reply(404) if request.path.endswith("/missing") else Reply(200, b"ok")
     )
     proxy_route(upstream.url, path="/metered/{item}")
-    ok_before = sample("gateway_requests_total", route="/metered/{item}", method="GET", status="200")
-    missing_before = sample("gateway_requests_total", route="/metered/{item}", method="GET", status="404")
-    latency_before = sample(
-        "gateway_upstream_latency_seconds_count", service=upstream_service(), outcome="200"
-    )
+    gw.sync()
+    service = upstream_service()
+    before = gw.metrics()
 
-    client.get("/gw/metered/1")
-    client.get("/gw/metered/2")
-    client.get("/gw/metered/missing")
-    client.get("/gw/not-routed")
+    def grew(name: str, **labels: str) -> float:
+        return scraped(gw.metrics(), name, **labels) - scraped(before, name, **labels)
 
-    assert (
-        sample("gateway_requests_total", route="/metered/{item}", method="GET", status="200") == ok_before + 2
-    )
-    assert (
-        sample("gateway_requests_total", route="/metered/{item}", method="GET", status="404")
-        == missing_before + 1
-    )
-    assert sample("gateway_requests_total", route="unmatched", method="GET", status="404") >= 1
-    assert (
-        sample("gateway_upstream_latency_seconds_count", service=upstream_service(), outcome="200")
-        == latency_before + 2
-    )
-    body = client.get("/metrics").content.decode()
+    gw.get("/gw/metered/1")
+    gw.get("/gw/metered/2")
+    gw.get("/gw/metered/missing")
+    gw.get("/gw/not-routed")
+
+    assert grew("gateway_requests_total", route="/metered/{item}", method="GET", status="200") == 2
+    assert grew("gateway_requests_total", route="/metered/{item}", method="GET", status="404") == 1
+    assert grew("gateway_requests_total", route="unmatched", method="GET", status="404") >= 1
+    assert grew("gateway_upstream_latency_seconds_count", service=service, outcome="200") == 2
+    body = gw.metrics()
     assert 'gateway_requests_total{method="GET",route="/metered/{item}",status="200"}' in body
 
 

@@ -1,7 +1,7 @@
 """Proxying (SPEC §3 "Proxying"): what reaches the upstream and what comes back to the client.
 
-The first tests go through the production server (gateway_process_factory), the rest through the
-Django test client; both entrances share one handler.
+Every test goes through the production server process (`gw`, tests/support/gateway_server.py,
+or a process of its own from gateway_process_factory).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import json
 
 import pytest
 import requests
-from django.test import override_settings
 
 from tests.gateway.proxy_support import proxy_route
 from tests.support.servers import Reply, free_port
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 # --- Through the real server --------------------------------------------------------------------
@@ -126,26 +125,26 @@ def test_response_through_the_server_keeps_repeated_headers_and_drops_hop_by_hop
     assert response.headers.get("X-Correlation-ID")
 
 
-# --- Through the Django test client -------------------------------------------------------------
+# --- Through the shared server process ----------------------------------------------------------
 
 
-def test_x_forwarded_for_is_started_when_the_client_sent_none(client, http_server_factory):
+def test_x_forwarded_for_is_started_when_the_client_sent_none(gw, http_server_factory):
     upstream = http_server_factory()
     proxy_route(upstream.url, path="/xff")
 
-    response = client.get("/gw/xff", REMOTE_ADDR="198.51.100.7")
+    response = gw.get("/gw/xff")
 
     assert response.status_code == 200
-    assert upstream.requests[0].header("X-Forwarded-For") == "198.51.100.7"
+    assert upstream.requests[0].header("X-Forwarded-For") == "127.0.0.1"  # the peer's address
 
 
-def test_upstream_answer_is_passed_through(client, http_server_factory):
+def test_upstream_answer_is_passed_through(gw, http_server_factory):
     upstream = http_server_factory(
         lambda request: Reply(404, b'{"error":"no user"}', headers=[("Content-Type", "application/json")])
     )
     proxy_route(upstream.url, path="/users/{user_id}")
 
-    response = client.get("/gw/users/42")
+    response = gw.get("/gw/users/42")
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
@@ -157,7 +156,7 @@ def test_upstream_answer_is_passed_through(client, http_server_factory):
     [b"small" * 10, b"L" * (300 * 1024), (b"chunked-", b"and-", b"closed")],
     ids=["buffered", "streamed-with-length", "streamed-chunked"],
 )
-def test_upstream_closing_after_its_answer_is_read_to_the_end(client, http_server_factory, body):
+def test_upstream_closing_after_its_answer_is_read_to_the_end(gw, http_server_factory, body):
     # `Connection: close`: http.client closes the connection right after the head; the body must
     # still be read from the socket (the proxy's deadline-aware reader keeps it open until then).
     def answer(request):
@@ -169,33 +168,32 @@ def test_upstream_closing_after_its_answer_is_read_to_the_end(client, http_serve
 
     expected = b"".join(body) if isinstance(body, tuple) else body
 
-    first = client.get("/gw/closing")
-    second = client.get("/gw/closing")  # a new connection: the closed one is not reused
+    first = gw.get("/gw/closing")
+    second = gw.get("/gw/closing")  # a new connection: the closed one is not reused
 
     for response in (first, second):
         assert response.status_code == 200
-        content = b"".join(response.streaming_content) if response.streaming else response.content
-        assert content == expected
+        assert response.content == expected
     assert len(upstream.requests) == 2
 
 
-def test_response_without_content_type_gets_none_added(client, http_server_factory):
+def test_response_without_content_type_gets_none_added(gw, http_server_factory):
     upstream = http_server_factory(lambda request: Reply(200, b"raw"))
     proxy_route(upstream.url, path="/raw")
 
-    response = client.get("/gw/raw")
+    response = gw.get("/gw/raw")
 
     assert response.status_code == 200
     assert "Content-Type" not in response.headers
 
 
-def test_methods_and_bodies_are_forwarded(client, http_server_factory):
+def test_methods_and_bodies_are_forwarded(gw, http_server_factory):
     upstream = http_server_factory(lambda request: Reply(200, request.method.encode() + b":" + request.body))
     proxy_route(upstream.url, path="/items/**")
 
-    put = client.put("/gw/items/1", data=b"new", content_type="text/plain")
-    delete = client.delete("/gw/items/1")
-    head = client.head("/gw/items/1")
+    put = gw.put("/gw/items/1", data=b"new", content_type="text/plain")
+    delete = gw.delete("/gw/items/1")
+    head = gw.head("/gw/items/1")
 
     assert put.content == b"PUT:new"
     assert delete.content == b"DELETE:"
@@ -203,43 +201,43 @@ def test_methods_and_bodies_are_forwarded(client, http_server_factory):
     assert [r.method for r in upstream.requests] == ["PUT", "DELETE", "HEAD"]
 
 
-def test_rewrite_fills_the_template_with_captured_segments(client, http_server_factory):
+def test_rewrite_fills_the_template_with_captured_segments(gw, http_server_factory):
     upstream = http_server_factory()
     proxy_route(upstream.url, path="/users/{user_id}/**", rewrite="/v2/accounts/{user_id}/{**}")
 
-    client.get("/gw/users/7/orders/9?x=1")
+    gw.get("/gw/users/7/orders/9?x=1")
 
     assert upstream.requests[0].path == "/v2/accounts/7/orders/9?x=1"
 
 
-def test_target_base_path_prefixes_the_upstream_path(client, http_server_factory):
+def test_target_base_path_prefixes_the_upstream_path(gw, http_server_factory):
     upstream = http_server_factory()
     proxy_route(f"{upstream.url}/internal", path="/p/**")
 
-    client.get("/gw/p/a")
+    gw.get("/gw/p/a")
 
     assert upstream.requests[0].path == "/internal/p/a"
 
 
-def test_round_robin_across_targets(client, http_server_factory):
+def test_round_robin_across_targets(gw, http_server_factory):
     first = http_server_factory(lambda request: Reply(200, b"first"))
     second = http_server_factory(lambda request: Reply(200, b"second"))
     proxy_route(first.url, second.url, path="/rr")
 
-    bodies = [client.get("/gw/rr").content for _ in range(6)]
+    bodies = [gw.get("/gw/rr").content for _ in range(6)]
 
     assert len(first.requests) == 3
     assert len(second.requests) == 3
     assert bodies[0] != bodies[1]  # alternating, not three then three
 
 
-@override_settings(GATEWAY_MAX_BODY_BYTES=1024)
-def test_body_over_the_limit_is_413_and_never_sent(client, http_server_factory):
+def test_body_over_the_limit_is_413_and_never_sent(gw_server, http_server_factory):
+    gw = gw_server({"GATEWAY_MAX_BODY_BYTES": "1024"})
     upstream = http_server_factory()
     proxy_route(upstream.url, path="/upload")
 
-    too_big = client.post("/gw/upload", data=b"x" * 1025, content_type="application/octet-stream")
-    just_fits = client.post("/gw/upload", data=b"x" * 1024, content_type="application/octet-stream")
+    too_big = gw.post("/gw/upload", data=b"x" * 1025, content_type="application/octet-stream")
+    just_fits = gw.post("/gw/upload", data=b"x" * 1024, content_type="application/octet-stream")
 
     assert too_big.status_code == 413
     assert too_big["Content-Type"] == "application/problem+json"
@@ -247,10 +245,10 @@ def test_body_over_the_limit_is_413_and_never_sent(client, http_server_factory):
     assert len(upstream.requests) == 1
 
 
-def test_closed_port_is_502_problem(client):
+def test_closed_port_is_502_problem(gw):
     proxy_route(f"http://127.0.0.1:{free_port()}", path="/closed")
 
-    response = client.get("/gw/closed", HTTP_X_CORRELATION_ID="c-502")
+    response = gw.get("/gw/closed", HTTP_X_CORRELATION_ID="c-502")
 
     assert response.status_code == 502
     body = json.loads(response.content)
@@ -259,20 +257,20 @@ def test_closed_port_is_502_problem(client):
     assert body["correlation_id"] == "c-502"
 
 
-def test_upstream_sending_garbage_is_502(client, tcp_garbage_server):
+def test_upstream_sending_garbage_is_502(gw, tcp_garbage_server):
     proxy_route(tcp_garbage_server, path="/garbage", retry_count=0)
 
-    response = client.get("/gw/garbage")
+    response = gw.get("/gw/garbage")
 
     assert response.status_code == 502
 
 
-def test_routing_errors_are_problem_json(client, http_server_factory):
+def test_routing_errors_are_problem_json(gw, http_server_factory):
     upstream = http_server_factory()
     proxy_route(upstream.url, path="/only-get", methods=("GET",))
 
-    missing = client.get("/gw/nothing-here")
-    wrong_method = client.delete("/gw/only-get")
+    missing = gw.get("/gw/nothing-here")
+    wrong_method = gw.delete("/gw/only-get")
 
     assert missing.status_code == 404
     assert missing["Content-Type"] == "application/problem+json"
@@ -309,40 +307,21 @@ def tcp_garbage_server():
     listener.close()
 
 
-def test_body_of_a_request_refused_by_auth_is_never_read(http_server_factory):
-    import io
-    import sys
-
-    from config.wsgi import application
-
-    class UnreadableBody(io.RawIOBase):
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, buffer) -> int:  # noqa: ANN001
-            raise AssertionError("the gateway read the body of an unauthenticated request")
-
+def test_body_of_a_request_refused_by_auth_is_never_read(gw, http_server_factory):
+    # A 5 MiB body announced and never sent: the 401 comes back without the gateway waiting for it.
     upstream = http_server_factory()
     proxy_route(upstream.url, path="/private", auth_required=True)
-    statuses: list[str] = []
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/gw/private",
-        "RAW_URI": "/gw/private",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "HTTP_HOST": "127.0.0.1:8000",
-        "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "application/octet-stream",
-        "CONTENT_LENGTH": str(5 * 1024 * 1024),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BufferedReader(UnreadableBody()),
-        "wsgi.errors": sys.stderr,
-    }
+    gw.get("/gw/nothing")  # the route is seen by the server before the raw request below
 
-    body = b"".join(application(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    connection.putrequest("POST", "/gw/private")
+    connection.putheader("Content-Type", "application/octet-stream")
+    connection.putheader("Content-Length", str(5 * 1024 * 1024))
+    connection.endheaders()  # and not one byte of the body
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
 
-    assert statuses[0].startswith("401")
+    assert response.status == 401
     assert json.loads(body)["status"] == 401
     assert upstream.requests == []

@@ -1,5 +1,5 @@
-"""GET response cache (`cache_ttl_seconds`): through /gw with a real upstream, and the service
-functions for the per-identity scope."""
+"""GET response cache (`cache_ttl_seconds`): through the production server's /gw with a real
+upstream, and the service functions for the per-identity scope."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gateway.types import Identity
 from tests.gateway.factories import RouteFactory, ServiceFactory
 from tests.support.servers import Reply
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
@@ -44,11 +44,11 @@ def _cached_route(upstream, **fields):
     return RouteFactory(path="/catalogue/**", service=ServiceFactory(targets=[upstream.url]), **fields)
 
 
-def test_a_cached_route_answers_the_second_get_without_the_upstream(client, counting_upstream):
+def test_a_cached_route_answers_the_second_get_without_the_upstream(gw, counting_upstream):
     _cached_route(counting_upstream)
 
-    first = client.get("/gw/catalogue/items?page=1")
-    second = client.get("/gw/catalogue/items?page=1")
+    first = gw.get("/gw/catalogue/items?page=1")
+    second = gw.get("/gw/catalogue/items?page=1")
 
     assert first.status_code == second.status_code == 200
     assert first.content == second.content == b"n=1 path=/catalogue/items?page=1"
@@ -57,43 +57,43 @@ def test_a_cached_route_answers_the_second_get_without_the_upstream(client, coun
     assert list(get_redis_connection("default").scan_iter(match="responses:*"))
 
 
-def test_the_query_string_is_part_of_the_key(client, counting_upstream):
+def test_the_query_string_is_part_of_the_key(gw, counting_upstream):
     _cached_route(counting_upstream)
 
-    assert client.get("/gw/catalogue/items?page=1").content.startswith(b"n=1")
-    assert client.get("/gw/catalogue/items?page=2").content.startswith(b"n=2")
-    assert client.get("/gw/catalogue/items?page=1").content.startswith(b"n=1")
+    assert gw.get("/gw/catalogue/items?page=1").content.startswith(b"n=1")
+    assert gw.get("/gw/catalogue/items?page=2").content.startswith(b"n=2")
+    assert gw.get("/gw/catalogue/items?page=1").content.startswith(b"n=1")
 
 
-def test_head_is_answered_from_the_cached_get_without_a_body(client, counting_upstream):
+def test_head_is_answered_from_the_cached_get_without_a_body(gw, counting_upstream):
     _cached_route(counting_upstream)
-    client.get("/gw/catalogue/items")
+    gw.get("/gw/catalogue/items")
 
-    head = client.head("/gw/catalogue/items")
+    head = gw.head("/gw/catalogue/items")
 
     assert head.status_code == 200 and head.content == b""
     assert len(counting_upstream.requests) == 1
 
 
-def test_entries_expire_with_the_route_ttl(client, counting_upstream):
+def test_entries_expire_with_the_route_ttl(gw, counting_upstream):
     _cached_route(counting_upstream, cache_ttl_seconds=1)
-    client.get("/gw/catalogue/items")
+    gw.get("/gw/catalogue/items")
     key = next(get_redis_connection("default").scan_iter(match="responses:*"))
 
     assert 0 < get_redis_connection("default").pttl(key) <= 1000
 
 
-def test_routes_without_a_ttl_and_other_methods_are_not_cached(client, counting_upstream):
+def test_routes_without_a_ttl_and_other_methods_are_not_cached(gw, counting_upstream):
     _cached_route(counting_upstream, cache_ttl_seconds=0)
-    client.get("/gw/catalogue/items")
-    client.get("/gw/catalogue/items")
+    gw.get("/gw/catalogue/items")
+    gw.get("/gw/catalogue/items")
     assert len(counting_upstream.requests) == 2
 
 
-def test_post_is_never_cached(client, counting_upstream):
+def test_post_is_never_cached(gw, counting_upstream):
     _cached_route(counting_upstream)
-    client.post("/gw/catalogue/items", b"{}", content_type="application/json")
-    client.post("/gw/catalogue/items", b"{}", content_type="application/json")
+    gw.post("/gw/catalogue/items", b"{}", content_type="application/json")
+    gw.post("/gw/catalogue/items", b"{}", content_type="application/json")
     assert len(counting_upstream.requests) == 2
 
 
@@ -106,66 +106,59 @@ def test_post_is_never_cached(client, counting_upstream):
         [("Vary", "*")],
     ],
 )
-def test_private_responses_are_not_cached(client, counting_upstream, headers):
+def test_private_responses_are_not_cached(gw, counting_upstream, headers):
     _cached_route(counting_upstream)
     counting_upstream.extra_headers.extend(headers)
 
-    client.get("/gw/catalogue/items")
-    again = client.get("/gw/catalogue/items")
+    gw.get("/gw/catalogue/items")
+    again = gw.get("/gw/catalogue/items")
 
     assert again.content.startswith(b"n=2")
 
 
-def test_bodies_above_the_limit_are_not_cached(client, counting_upstream, settings):
-    settings.GATEWAY_RESPONSE_CACHE_MAX_BYTES = 10
+def test_bodies_above_the_limit_are_not_cached(gw_server, counting_upstream):
+    gw = gw_server({"GATEWAY_RESPONSE_CACHE_MAX_BYTES": "10"})
     _cached_route(counting_upstream)
 
-    client.get("/gw/catalogue/items")
-    assert client.get("/gw/catalogue/items").content.startswith(b"n=2")
+    gw.get("/gw/catalogue/items")
+    assert gw.get("/gw/catalogue/items").content.startswith(b"n=2")
 
 
-def test_a_route_edit_invalidates_its_cached_responses(
-    client, counting_upstream, django_capture_on_commit_callbacks
-):
+def test_a_route_edit_invalidates_its_cached_responses(gw, counting_upstream):
     route = _cached_route(counting_upstream)
-    client.get("/gw/catalogue/items")
-    assert client.get("/gw/catalogue/items").content.startswith(b"n=1")
+    gw.get("/gw/catalogue/items")
+    assert gw.get("/gw/catalogue/items").content.startswith(b"n=1")
 
     with freeze_time(route.updated_at.replace(year=route.updated_at.year + 1)):  # a later save
         route.timeout_ms = 4000
-        with django_capture_on_commit_callbacks(execute=True):
-            route_save(route=route)
+        route_save(route=route)
+    gw.sync()  # the server sees the edit
 
-    assert client.get("/gw/catalogue/items").content.startswith(b"n=2")
+    assert gw.get("/gw/catalogue/items").content.startswith(b"n=2")
 
 
-def test_another_routes_entries_survive_an_edit(
-    client, counting_upstream, django_capture_on_commit_callbacks
-):
+def test_another_routes_entries_survive_an_edit(gw, counting_upstream):
     route = _cached_route(counting_upstream)
     other = RouteFactory(path="/prices/**", service=route.service, auth_required=False, cache_ttl_seconds=60)
-    client.get("/gw/prices/a")
+    gw.get("/gw/prices/a")
 
     with freeze_time(other.updated_at.replace(year=other.updated_at.year + 1)):
         route.timeout_ms = 4000
-        with django_capture_on_commit_callbacks(execute=True):
-            route_save(route=route)
+        route_save(route=route)
+    gw.sync()  # the server sees the edit
 
-    assert client.get("/gw/prices/a").content.startswith(b"n=1")
+    assert gw.get("/gw/prices/a").content.startswith(b"n=1")
 
 
-def test_flush_action_in_admin_drops_a_routes_entries(
-    admin_client, client, counting_upstream, django_capture_on_commit_callbacks
-):
+def test_flush_action_in_admin_drops_a_routes_entries(admin_client, gw, counting_upstream):
     route = _cached_route(counting_upstream)
-    client.get("/gw/catalogue/items")
+    gw.get("/gw/catalogue/items")
 
-    with django_capture_on_commit_callbacks(execute=True):
-        admin_client.post(
-            "/admin/gateway/route/", {"action": "flush_response_cache", "_selected_action": [route.pk]}
-        )
+    admin_client.post(
+        "/admin/gateway/route/", {"action": "flush_response_cache", "_selected_action": [route.pk]}
+    )
 
-    assert client.get("/gw/catalogue/items").content.startswith(b"n=2")
+    assert gw.get("/gw/catalogue/items").content.startswith(b"n=2")
 
 
 def test_authenticated_routes_are_cached_per_user_and_tenant():
@@ -211,23 +204,20 @@ def test_only_200_responses_are_stored():
     assert response_cache_get(**request).body == b"found"
 
 
-def test_redis_down_means_no_cache_not_an_error(settings, counting_upstream, client):
-    import copy
-
+def test_redis_down_means_no_cache_not_an_error(gw_server, counting_upstream):
     from tests.support.servers import free_port
 
+    gw = gw_server({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/2"})  # a closed port
     _cached_route(counting_upstream)
-    caches = copy.deepcopy(settings.CACHES)
-    caches["default"]["LOCATION"] = f"redis://127.0.0.1:{free_port()}/2"
-    settings.CACHES = caches
 
-    assert client.get("/gw/catalogue/items").status_code == 200
-    assert client.get("/gw/catalogue/items").content.startswith(b"n=2")
+    assert gw.get("/gw/catalogue/items").status_code == 200
+    assert gw.get("/gw/catalogue/items").content.startswith(b"n=2")
 
 
 def test_an_auth_route_caches_per_user_with_the_token_and_per_permission_set(
-    client, counting_upstream, token_service
+    gw_server, counting_upstream, token_service
 ):
+    gw = gw_server(token_service.env)
     RouteFactory(
         path="/mine/**",
         methods=["GET"],
@@ -239,7 +229,7 @@ def test_an_auth_route_caches_per_user_with_the_token_and_per_permission_set(
     same_user_again = token_service.auth_header(sub="u-1", tenant_id="t-1", permissions=["a.read"])
     more_rights = token_service.auth_header(sub="u-1", tenant_id="t-1", permissions=["a.read", "a.admin"])
 
-    assert client.get("/gw/mine/x", **reader).content.startswith(b"n=1")
-    assert client.get("/gw/mine/x", **same_user_again).content.startswith(b"n=1")  # another token
-    assert client.get("/gw/mine/x", **more_rights).content.startswith(b"n=2")
-    assert client.get("/gw/mine/x", HTTP_COOKIE="s=1", **reader).content.startswith(b"n=3")
+    assert gw.get("/gw/mine/x", **reader).content.startswith(b"n=1")
+    assert gw.get("/gw/mine/x", **same_user_again).content.startswith(b"n=1")  # another token
+    assert gw.get("/gw/mine/x", **more_rights).content.startswith(b"n=2")
+    assert gw.get("/gw/mine/x", HTTP_COOKIE="s=1", **reader).content.startswith(b"n=3")

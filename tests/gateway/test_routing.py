@@ -299,32 +299,35 @@ def test_a_new_route_is_seen_after_the_table_was_built():
 
 def _problem(response) -> dict:
     assert response["Content-Type"] == "application/problem+json"
-    return json.loads(response.content)
+    return response.json()
 
 
-def test_http_unknown_path_is_404_problem(client):
+@pytest.mark.django_db(transaction=True)
+def test_http_unknown_path_is_404_problem(gw):
     RouteFactory(path="/users/**", auth_required=False)
 
-    response = client.get("/gw/orders/1")
+    response = gw.get("/gw/orders/1")
 
     assert response.status_code == 404
     assert _problem(response)["type"].endswith("/route-not-found")
 
 
-def test_http_wrong_method_is_405_with_allow(client):
+@pytest.mark.django_db(transaction=True)
+def test_http_wrong_method_is_405_with_allow(gw):
     RouteFactory(path="/users/{user_id}", methods=["GET", "DELETE"], auth_required=False)
 
-    response = client.post("/gw/users/1", b"{}", content_type="application/json")
+    response = gw.post("/gw/users/1", b"{}", content_type="application/json")
 
     assert response.status_code == 405
     assert response["Allow"] == "GET, HEAD, DELETE"
     assert _problem(response)["status"] == 405
 
 
-def test_http_path_escaping_the_root_is_400(client):
+@pytest.mark.django_db(transaction=True)
+def test_http_path_escaping_the_root_is_400(gw):
     RouteFactory(path="/**", auth_required=False)
 
-    response = client.get("/gw/%2e%2e/admin/")
+    response = gw.get("/gw/%2e%2e/admin/")
 
     assert response.status_code == 400
     assert _problem(response)["type"].endswith("/invalid-path")
