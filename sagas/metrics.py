@@ -4,9 +4,8 @@ commit; open sagas by status and stuck sagas (past their deadline) read at scrap
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
 
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -28,11 +27,10 @@ COMPENSATIONS = Counter(
     "Compensation steps that succeeded, by saga type and step.",
     ["saga_type", "step"],
 )
-STUCK_GRACE = timedelta(seconds=60)
 
 
 def collect_sagas() -> Iterable[Metric]:
-    from sagas.models import SagaInstance, SagaStatus
+    from sagas.models import SagaInstance
 
     now = timezone.now()
     rows = SagaInstance.objects.values("saga_type", "status").annotate(count=Count("id"))
@@ -46,17 +44,12 @@ def collect_sagas() -> Iterable[Metric]:
     yield by_status
     stuck = GaugeMetricFamily(
         "gatehouse_sagas_stuck",
-        "Sagas failed, or open and past their deadline by more than a minute (need an operator).",
+        "Sagas failed, or open and past their deadline or lease by more than a minute (need an operator).",
         labels=["saga_type"],
     )
-    figures = (
-        SagaInstance.objects.filter(
-            Q(status=SagaStatus.FAILED)
-            | Q(status__in=[SagaStatus.RUNNING, SagaStatus.COMPENSATING], deadline__lt=now - STUCK_GRACE)
-        )
-        .values("saga_type")
-        .annotate(count=Count("id"))
-    )
+    from sagas.selectors import stuck_q
+
+    figures = SagaInstance.objects.filter(stuck_q(now=now)).values("saga_type").annotate(count=Count("id"))
     for row in figures:
         stuck.add_metric([row["saga_type"]], row["count"])
     yield stuck

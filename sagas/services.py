@@ -177,7 +177,7 @@ def saga_start(
         )
         SagaStep.objects.bulk_create(
             [
-                SagaStep(saga=saga, name=step.name, kind=StepKind.ACTION, position=position, not_before=now)
+                SagaStep(saga=saga, name=step.name, kind=StepKind.ACTION, position=position)
                 for position, step in enumerate(definition.steps)
             ]
         )
@@ -219,7 +219,8 @@ def _claim(*, saga_id: str, name: str, kind: str, lease: timedelta, now: datetim
     it is finished, its backoff is not over, or the saga is not in the matching state."""
     saga_status = SagaStatus.RUNNING if kind == StepKind.ACTION else SagaStatus.COMPENSATING
     with transaction.atomic():
-        claimable = Q(status=StepStatus.PENDING) & (Q(not_before__isnull=True) | Q(not_before__lte=now))
+        # A pending step is claimable once scheduled (not_before set by _advance, a retry, resume).
+        claimable = Q(status=StepStatus.PENDING, not_before__lte=now)
         claimable |= Q(status=StepStatus.RUNNING, lease_expires_at__lte=now)
         updated = (
             SagaStep.objects.filter(claimable, saga_id=saga_id, name=name, kind=kind)
@@ -386,7 +387,6 @@ def _compensation_begin(
                 name=definition.step(row.name).compensation_name,
                 kind=StepKind.COMPENSATION,
                 position=row.position,
-                not_before=now,
             )
             for row in to_undo
         ],
@@ -504,15 +504,20 @@ def saga_resume(*, saga_id: uuid.UUID | str, now: datetime | None = None) -> str
         return "compensation resumed"
     if saga.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
         kind = StepKind.ACTION if saga.status == SagaStatus.RUNNING else StepKind.COMPENSATION
+        # Scheduled steps (waiting for a backoff or a lost message) and leased ones (a dead
+        # worker's: the claim takes them once the lease is over); never a wait step.
         rows = SagaStep.objects.filter(
-            saga=saga, kind=kind, status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+            Q(status=StepStatus.PENDING, not_before__isnull=False)
+            | Q(status=StepStatus.RUNNING, lease_expires_at__isnull=False),
+            saga=saga,
+            kind=kind,
         )
         count = 0
         for row in rows:
             if row.status == StepStatus.PENDING:
-                SagaStep.objects.filter(pk=row.pk).update(not_before=now)
-                _enqueue_on_commit(saga, row.name, kind)
-                count += 1
+                SagaStep.objects.filter(pk=row.pk).update(not_before=now)  # the backoff is waived
+            _enqueue_on_commit(saga, row.name, kind)
+            count += 1
         return f"{count} step(s) enqueued" if count else "nothing to enqueue (waiting on an event or a lease)"
     raise SagaNotResumable(f"Saga {saga.id} is {saga.status}; there is nothing to resume.")
 
