@@ -28,7 +28,8 @@ INVENTORY = "inventory-test"
 
 
 class FakeInventory:
-    """modes: "accept" | "reject" (409) | "invalid" (422) | "fail" (503) | "hang" (answers late)."""
+    """modes: "accept" | "reject" (409) | "invalid" (422) | "fail" (503) | "hang" (acts, then
+    answers `hang_seconds` late; `hang_once`: only the first request hangs)."""
 
     def __init__(self) -> None:
         self.modes = {"reserve": "accept", "confirm": "accept", "release": "accept"}
@@ -61,8 +62,6 @@ class FakeInventory:
             mode = self.modes[operation]
             if mode == "hang" and self.hang_once:
                 self.modes[operation] = "accept"
-        if mode == "hang":
-            return Reply(503, delay=self.hang_seconds)
         if mode == "fail":
             return Reply(503, b'{"error": "down"}')
         if mode in ("reject", "invalid"):
@@ -83,7 +82,8 @@ class FakeInventory:
                 self.effects[operation, reservation_id] += 1
             if key:
                 self.keys[key] = status
-        return Reply(status, b"{}")
+        # "hang": the effect happens, the answer comes too late (the caller may be gone by then).
+        return Reply(status, b"{}", delay=self.hang_seconds if mode == "hang" else 0.0)
 
 
 @pytest.fixture
