@@ -4,9 +4,9 @@ own overhead per step, in ONE run (run by hand, not in CI).
     .venv/bin/python benchmarks/sagas.py [--orders 200] [--rounds 3]
 
 In one process, on PostgreSQL (BENCH_DATABASE_URL, default
-postgres://postgres@127.0.0.1:5432/gh_sagas_bench, created and migrated), against the fake
-inventory service of the tests (a real HTTP server on 127.0.0.1). Contenders, interleaved in
-rounds so drift on a shared machine hits both alike:
+postgres://postgres@127.0.0.1:5432/gh_sagas_bench, created and migrated), against the demo
+inventory service (demo/inventory.py, a real HTTP server on 127.0.0.1, in a thread).
+Contenders, interleaved in rounds so drift on a shared machine hits both alike:
 
     plain   order_create (the order, its items, order.created, and the saga rows it now starts)
     saga    the same, then every step the workers would run: reserve_inventory (HTTP), the
@@ -57,19 +57,33 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)
+    import builtins
+
+    _print = builtins.print
+    builtins.print = lambda *a, **k: (
+        None if a and str(a[0]).startswith('{"logger": "demo-') else _print(*a, **k)
+    )
     from django.conf import settings
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
 
+    import importlib.util
+    import threading
+    from http.server import ThreadingHTTPServer
+
     from gateway.models import Service, ServiceTarget
     from sagas.placement import inventory_call
     from sagas.services import saga_step_run
-    from tests.sagas.conftest import FakeInventory, pay, place_order, saga_of
-    from tests.support.servers import HttpServer
+    from tests.sagas.conftest import pay, place_order, saga_of
 
-    fake = FakeInventory()
-    server = HttpServer(fake)
+    spec = importlib.util.spec_from_file_location("demo_inventory", ROOT / "demo" / "inventory.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), demo.make_handler(demo.Inventory(stock=10**9)))
+    http.daemon_threads = True
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    server = type("S", (), {"url": f"http://127.0.0.1:{http.server_address[1]}", "close": http.shutdown})()
     service, _ = Service.objects.get_or_create(name="bench-inventory")
     ServiceTarget.objects.filter(service=service).delete()
     ServiceTarget.objects.create(service=service, url=server.url)
