@@ -87,6 +87,11 @@ class SagaDefinition:
         """The saga gave up on its actions (a step rejected or exhausted its attempts)."""
 
     @classmethod
+    def wait_satisfied(cls, saga: SagaInstance, step_name: str) -> bool:
+        """Did the event a wait step waits for already happen (before the step started)?"""
+        return False
+
+    @classmethod
     def on_deadline(cls, saga: SagaInstance, now: datetime) -> str | None:
         """A wait step is past its deadline: return "compensate", "complete" or None (wait)."""
         return "compensate"

@@ -188,6 +188,13 @@ class OrderPlacement(SagaDefinition):
             events.order_event_publish(order=order, type=events.ORDER_CANCELLED, reason=reason)
 
     @classmethod
+    def wait_satisfied(cls, saga: SagaInstance, step_name: str) -> bool:
+        """The order was paid while the stock was being reserved (the order row is locked)."""
+        from orders.models import Order, OrderStatus
+
+        return Order.objects.filter(pk=saga.reference, status=OrderStatus.PAID).exists()
+
+    @classmethod
     def on_deadline(cls, saga: SagaInstance, now: datetime) -> str | datetime | None:
         from orders.models import Order, OrderStatus
 

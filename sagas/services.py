@@ -205,6 +205,11 @@ def _advance(saga: SagaInstance, definition: type[SagaDefinition], *, after: int
         SagaStep.objects.filter(pk=following.pk, status=StepStatus.PENDING).update(
             status=StepStatus.RUNNING, attempts=1, started_at=now, not_before=None
         )
+        if definition.wait_satisfied(saga, step.name):
+            # Its event came before the step started (a payment during the reservation).
+            SagaStep.objects.filter(pk=following.pk).update(status=StepStatus.SUCCEEDED, finished_at=now)
+            _advance(saga, definition, after=following.position, now=now)
+            return
         deadline = step.deadline(saga) if step.deadline else None
         _saga_set(saga, expected=SagaStatus.RUNNING, now=now, current_step=step.name, deadline=deadline)
         return

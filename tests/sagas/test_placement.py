@@ -208,3 +208,16 @@ def test_a_compensation_that_keeps_failing_fails_the_saga_and_can_be_resumed(inv
     assert saga.status == SagaStatus.COMPENSATED
     assert inventory.effects["release", str(saga.id)] == 1
     assert saga_events(saga)[-1] == "saga.compensated"
+
+
+def test_a_payment_during_the_reservation_is_not_lost(inventory):
+    # given a payment that arrives before the reservation step has run
+    order = place_order()
+    pay(order)
+    # when the reservation completes
+    drive()
+    # then the saga does not wait for a payment already made: confirmed and completed
+    saga = saga_of(order)
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPLETED
+    assert inventory.reserved[str(saga.id)] == "confirmed"
