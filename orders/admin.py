@@ -80,6 +80,7 @@ class OrderAdmin(ReadOnlyChangeMixin, admin.ModelAdmin):
         "contact_phone",
         "created_at",
         "updated_at",
+        "placement_saga",
     )
     actions = ("cancel_orders", "expire_orders", "extend_expiration")
 
@@ -89,6 +90,19 @@ class OrderAdmin(ReadOnlyChangeMixin, admin.ModelAdmin):
     @admin.display(description="order", ordering="id")
     def short_order_id(self, obj: Order) -> str:
         return short_id(obj.pk)
+
+    @admin.display(description="placement saga")
+    def placement_saga(self, obj: Order) -> str:
+        from django.urls import reverse
+        from django.utils.html import format_html
+
+        from sagas.models import SagaInstance
+
+        saga = SagaInstance.objects.filter(saga_type="order.placement", reference=str(obj.pk)).first()
+        if saga is None:
+            return "—"
+        url = reverse("admin:sagas_sagainstance_change", args=[saga.pk])
+        return format_html('<a href="{}">{} ({})</a>', url, saga.id, saga.status)
 
     @admin.display(description="total", ordering="total_amount")
     def total(self, obj: Order) -> str:

@@ -85,6 +85,11 @@ def _order_expire_batch(*, now: datetime, batch_size: int) -> int:
         )
     else:
         expired = _order_expire_batch_portable(now=now, batch_size=batch_size)
+    if expired:
+        # Their placement sagas release the reservations, in this transaction (orders locked).
+        from sagas.placement import placement_orders_expired
+
+        placement_orders_expired(now=now)
     orders_expired_count_on_commit(expired, "sweep")
     return expired
 

@@ -32,6 +32,7 @@ from orders.expiry import orders_expired_count_on_commit
 from orders.locks import order_lock
 from orders.models import Order, OrderStatus, ProcessedEvent
 from orders.services import MONEY_QUANTUM, order_transition
+from sagas.placement import placement_order_closed, placement_order_paid
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ def _payment_event_apply(
             order=order, type=events.ORDER_EXPIRED, expired_at=now.isoformat(), source="payment"
         )
         orders_expired_count_on_commit(1, "payment")
+        placement_order_closed(order_id=order.id, reason="order_expired", now=now)
 
     if event.type == PAYMENT_SUCCESS:
         if order_transition(
@@ -247,6 +249,7 @@ def _payment_event_apply(
         ):
             outcome = PaymentOutcome.PAID
             events.order_event_publish(order=order, type=events.ORDER_PAID, payment=payment)
+            placement_order_paid(order_id=order.id, payment_event_id=event.event_id, now=now)
         elif order.status in _REFUND_REQUESTS:
             # Money arrived for an order that is no longer for sale: ask for a refund, under an
             # id derived from the payment event so a redelivery never asks twice.
@@ -275,6 +278,7 @@ def _payment_event_apply(
             events.order_event_publish(
                 order=order, type=events.ORDER_CANCELLED, reason="payment_failed", payment=payment
             )
+            placement_order_closed(order_id=order.id, reason="payment_failed", now=now)
         else:
             outcome = PaymentOutcome.IGNORED
 

@@ -52,6 +52,13 @@ def order_transition(*, order: Order, to: str, now: datetime, **fields: Any) -> 
     return bool(updated)
 
 
+def _placement_closed(*, order: Order, reason: str, now: datetime) -> None:
+    """The order's placement saga releases its reservation (same transaction, order locked)."""
+    from sagas.placement import placement_order_closed
+
+    placement_order_closed(order_id=order.id, reason=reason, now=now)
+
+
 # savepoint=False: inside the idempotency decorator's transaction a savepoint costs two round
 # trips per order and buys nothing, since any failure here rolls the whole request back anyway.
 @telemetry.traced("order.create")
@@ -115,6 +122,10 @@ def order_create(
     )
     telemetry.set_attribute("order.id", str(order.id))
     telemetry.set_attribute("order.item_count", len(order_items))
+    # The placement saga (reserve stock, await the payment, confirm) starts in this transaction.
+    from sagas.placement import placement_start
+
+    placement_start(order=order, items=[{"sku": i.sku, "quantity": i.quantity} for i in order_items], now=now)
     # Serve the items just written without another query.
     order._prefetched_objects_cache = {"items": order_items}  # type: ignore[attr-defined]
     return order
@@ -139,6 +150,7 @@ def order_cancel(
     ):
         raise OrderNotPending(f"Order {order.id} is {current}; only a pending order can be cancelled.")
     events.order_event_publish(order=order, type=events.ORDER_CANCELLED, reason=reason)
+    _placement_closed(order=order, reason="order_cancelled", now=now)
     return order
 
 
@@ -153,6 +165,7 @@ def order_expire(*, order_id: uuid.UUID | str, now: datetime | None = None, sour
         order=order, type=events.ORDER_EXPIRED, expired_at=now.isoformat(), source=source
     )
     orders_expired_count_on_commit(1, source)
+    _placement_closed(order=order, reason="order_expired", now=now)
     return order
 
 

@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "idempotency",
     "orders",
     "outbox",
+    "sagas",
 ]
 
 MIDDLEWARE = [
@@ -266,6 +267,13 @@ OUTBOX_EXCHANGE = env("OUTBOX_EXCHANGE", default="events")
 OUTBOX_WEBHOOK_URL = env("OUTBOX_WEBHOOK_URL", default="")
 OUTBOX_WEBHOOK_SECRET = env("OUTBOX_WEBHOOK_SECRET", default="")
 OUTBOX_MAX_ATTEMPTS = env.int("OUTBOX_MAX_ATTEMPTS", default=5)
+# Sagas (SPEC §8): the gateway Service holding stock (unset → inventory steps skipped), attempts
+# per step before the saga compensates, backoff between attempts (full jitter), sweep interval.
+INVENTORY_SERVICE = env("INVENTORY_SERVICE", default="")
+SAGA_STEP_MAX_ATTEMPTS = env.int("SAGA_STEP_MAX_ATTEMPTS", default=5)
+SAGA_BACKOFF_BASE_SECONDS = env.float("SAGA_BACKOFF_BASE_SECONDS", default=1.0)
+SAGA_BACKOFF_CAP_SECONDS = env.float("SAGA_BACKOFF_CAP_SECONDS", default=60.0)
+SAGA_STEP_LEASE_SECONDS = env.float("SAGA_STEP_LEASE_SECONDS", default=30.0)
 OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=500)
 OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=60)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)

@@ -91,5 +91,8 @@ CELERY_BEAT_SCHEDULE = {
         "idempotency.tasks.idempotency_purge_expired", timedelta(minutes=10)
     ),
     "gateway-purge-revoked-tokens": _beat_entry("gateway.tasks.revoked_tokens_purge", timedelta(hours=1)),
+    "sagas-sweep": _beat_entry(
+        "sagas.sweep", timedelta(seconds=env.int("SAGA_SWEEP_INTERVAL_SECONDS", default=5))
+    ),
     "orders-purge-processed-events": _beat_entry("orders.tasks.processed_events_purge", timedelta(hours=6)),
 }

@@ -87,7 +87,10 @@ def test_minutes_older_than_an_hour_are_left_out():
 
 
 @pytest.mark.django_db
-def test_outbox_orders_and_no_saga_panel_before_the_sagas_app(admin_client):
+def test_outbox_orders_and_saga_panels(admin_client):
+    from sagas.models import SagaInstance
+
+    SagaInstance.objects.create(saga_type="order.placement", status="failed", finished_at=timezone.now())
     OutboxEventFactory(status=OutboxEvent.Status.PENDING, created_at=timezone.now() - timedelta(seconds=125))
     OutboxEventFactory.create_batch(2, status=OutboxEvent.Status.DEAD)
     OrderFactory(expiration_time=timezone.now() + timedelta(minutes=2))
@@ -105,7 +108,8 @@ def test_outbox_orders_and_no_saga_panel_before_the_sagas_app(admin_client):
     assert "<title>Paid: 1</title>" in body
     assert "<strong>1</strong> pending order expires in the next 5 minutes" in body
     assert "1 overdue</span>, waiting for the sweep" in body
-    assert 'id="sagas"' not in body
+    assert 'id="sagas"' in body  # the sagas app is installed: its panel shows sagas by status
+    assert "<title>failed: 1</title>" in body
 
 
 def test_dashboard_is_for_staff_only(client):

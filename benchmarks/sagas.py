@@ -1,0 +1,147 @@
+"""Order placement sagas completed per second vs plain order creation, and the orchestrator's
+own overhead per step, in ONE run (run by hand, not in CI).
+
+    .venv/bin/python benchmarks/sagas.py [--orders 200] [--rounds 3]
+
+In one process, on PostgreSQL (BENCH_DATABASE_URL, default
+postgres://postgres@127.0.0.1:5432/gh_sagas_bench, created and migrated), against the demo
+inventory service (demo/inventory.py, a real HTTP server on 127.0.0.1, in a thread).
+Contenders, interleaved in rounds so drift on a shared machine hits both alike:
+
+    plain   order_create (the order, its items, order.created, and the saga rows it now starts)
+    saga    the same, then every step the workers would run: reserve_inventory (HTTP), the
+            payment event (await_payment), confirm_inventory (HTTP), until the saga is completed
+
+The steps are run by calling the step service directly (what the Celery task does), so the
+figure excludes broker latency and worker scheduling. Overhead per step = the mean time of
+saga_step_run minus the mean time of the same inventory HTTP call made alone (same pool).
+Prints orders/s, the ratio saga/plain (target >= 0.5x) and the overhead in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _database() -> None:
+    import psycopg
+
+    url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gh_sagas_bench")
+    os.environ["DATABASE_URL"] = url
+    base, _, name = url.rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    _database()
+    os.environ.setdefault("REDIS_URL", os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10"))
+    os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    import django
+
+    django.setup()
+    import logging
+
+    logging.disable(logging.WARNING)
+    import builtins
+
+    _print = builtins.print
+    builtins.print = lambda *a, **k: (
+        None if a and str(a[0]).startswith('{"logger": "demo-') else _print(*a, **k)
+    )
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+    import importlib.util
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from gateway.models import Service, ServiceTarget
+    from sagas.placement import inventory_call
+    from sagas.services import saga_step_run
+    from tests.sagas.conftest import pay, place_order, saga_of
+
+    spec = importlib.util.spec_from_file_location("demo_inventory", ROOT / "demo" / "inventory.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), demo.make_handler(demo.Inventory(stock=10**9)))
+    http.daemon_threads = True
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    server = type("S", (), {"url": f"http://127.0.0.1:{http.server_address[1]}", "close": http.shutdown})()
+    service, _ = Service.objects.get_or_create(name="bench-inventory")
+    ServiceTarget.objects.filter(service=service).delete()
+    ServiceTarget.objects.create(service=service, url=server.url)
+    settings.INVENTORY_SERVICE = "bench-inventory"
+
+    step_times: list[float] = []
+    raw_times: list[float] = []
+
+    def plain(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            place_order()
+        return n / (time.perf_counter() - started)
+
+    def saga(n: int) -> float:
+        started = time.perf_counter()
+        for index in range(n):
+            order = place_order()
+            saga_id = str(saga_of(order).id)
+            t = time.perf_counter()
+            result = saga_step_run(saga_id=saga_id, name="reserve_inventory", kind="action")
+            step_times.append(time.perf_counter() - t)
+            assert result.outcome == "succeeded", result
+            pay(order, event_id=f"bench-{saga_id}")
+            t = time.perf_counter()
+            result = saga_step_run(saga_id=saga_id, name="confirm_inventory", kind="action")
+            step_times.append(time.perf_counter() - t)
+            assert result.outcome == "succeeded", result
+            assert saga_of(order).status == "completed"
+            # the same HTTP call alone, for the overhead figure
+            t = time.perf_counter()
+            inventory_call(
+                method="POST",
+                path=f"/reservations/{saga_id}/confirm",
+                idempotency_key=f"raw-{index}-{saga_id}",
+            )
+            raw_times.append(time.perf_counter() - t)
+        return n / (time.perf_counter() - started)
+
+    plain(20), saga(20)  # warm up pools, caches, plans
+    step_times.clear(), raw_times.clear()
+    plain_rates, saga_rates = [], []
+    for _ in range(args.rounds):
+        plain_rates.append(plain(args.orders))
+        saga_rates.append(saga(args.orders))
+    server.close()
+    plain_rate, saga_rate = statistics.median(plain_rates), statistics.median(saga_rates)
+    overhead = (statistics.mean(step_times) - statistics.mean(raw_times)) * 1000
+    print(
+        f"plain order creation   {plain_rate:8.1f} orders/s  (median of {args.rounds} rounds x {args.orders})"
+    )
+    print(f"placement saga e2e     {saga_rate:8.1f} sagas/s   (created, reserved, paid, confirmed)")
+    print(f"ratio saga/plain       {saga_rate / plain_rate:8.2f}x   (target >= 0.5x)")
+    print(
+        f"step (HTTP + orchestrator) {statistics.mean(step_times) * 1000:6.2f} ms, HTTP call alone "
+        f"{statistics.mean(raw_times) * 1000:6.2f} ms -> orchestrator overhead {overhead:6.2f} ms per step"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class SagasConfig(AppConfig):
+    name = "sagas"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from common.metrics import register_scrape_collector
+        from sagas import definitions, placement  # noqa: F401  (registers the saga types)
+        from sagas.metrics import collect_sagas
+
+        register_scrape_collector(collect_sagas)

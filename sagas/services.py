@@ -1,0 +1,580 @@
+"""The saga orchestrator: start, run a step under a lease, record its result, advance,
+compensate, resume, sweep.
+
+Every state change is a compare-and-set (`UPDATE … WHERE status = …`) made while holding the
+saga row lock (taken after the definition's related rows: one lock order everywhere), and
+writes its outbox event in the same transaction. Step tasks are enqueued on commit; a lost
+message, a killed worker or an expired lease is found by `saga_sweep` and enqueued again. A
+step's action runs with no transaction open; its result counts only if the step row still
+carries the attempt number it was claimed with (the fencing token), so a worker that lost its
+lease cannot overwrite the attempt that replaced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from common.correlation import get_correlation_id
+from common.errors import Conflict, NotFound
+from orders.models import ProcessedEvent
+from outbox.services import outbox_publish
+from sagas import metrics
+from sagas.definitions import (
+    SagaDefinition,
+    Step,
+    StepCall,
+    StepRejected,
+    StepRetry,
+    StepSkipped,
+    saga_definition,
+)
+from sagas.models import SagaInstance, SagaStatus, SagaStep, StepKind, StepStatus
+
+logger = logging.getLogger(__name__)
+
+STEP_TASK_NAME = "sagas.tasks.saga_step_run"  # sagas/tasks.py registers it under this name
+AGGREGATE_TYPE = "saga"
+SAGA_STARTED = "saga.started"
+SAGA_COMPLETED = "saga.completed"
+SAGA_COMPENSATED = "saga.compensated"
+SAGA_FAILED = "saga.failed"
+# Re-enqueue a pending step only when its message should long have run (avoids piling duplicates).
+SWEEP_PENDING_GRACE = timedelta(seconds=2)
+
+
+class SagaNotFound(NotFound):
+    slug, title = "saga-not-found", "Saga not found"
+
+
+class SagaNotResumable(Conflict):
+    slug, title = "saga-not-resumable", "The saga cannot be resumed or compensated in its state"
+
+
+@dataclass(frozen=True, slots=True)
+class StepRunResult:
+    outcome: str  # succeeded | skipped | retry | failed | rejected | not_claimed | stale
+    attempt: int = 0
+
+
+# --- helpers --------------------------------------------------------------------------------
+def _event(saga: SagaInstance, type: str) -> None:
+    outbox_publish(
+        aggregatetype=AGGREGATE_TYPE,
+        aggregateid=str(saga.id),
+        type=type,
+        payload={
+            "saga_id": str(saga.id),
+            "saga_type": saga.saga_type,
+            "status": saga.status,
+            "reference": saga.reference,
+            "reason": saga.reason,
+        },
+    )
+
+
+def _count_on_commit(saga_type: str, outcome: str) -> None:
+    transaction.on_commit(lambda: metrics.SAGAS_FINISHED.labels(saga_type, outcome).inc())
+
+
+def _send(saga_id: str, name: str, kind: str, countdown: float | None) -> None:
+    try:
+        current_app.send_task(
+            STEP_TASK_NAME,
+            kwargs={"saga_id": saga_id, "name": name, "kind": kind},
+            countdown=countdown,
+            retry=False,
+        )
+    except Exception as exc:  # committed already; the sweep enqueues it again
+        logger.warning("saga step %s/%s not enqueued (the sweep will): %s", saga_id, name, exc)
+
+
+def _enqueue_on_commit(saga: SagaInstance, name: str, kind: str, countdown: float | None = None) -> None:
+    saga_id = str(saga.id)
+    transaction.on_commit(lambda: _send(saga_id, name, kind, countdown))
+
+
+def _max_attempts(step: Step) -> int:
+    return step.max_attempts or settings.SAGA_STEP_MAX_ATTEMPTS
+
+
+def _lease(step: Step) -> timedelta:
+    return timedelta(seconds=step.timeout_seconds or settings.SAGA_STEP_LEASE_SECONDS)
+
+
+def backoff_delay(*, attempt: int, base: float | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base·2^(attempt-1))], at least a tenth of the base."""
+    base = settings.SAGA_BACKOFF_BASE_SECONDS if base is None else base
+    ceiling = min(settings.SAGA_BACKOFF_CAP_SECONDS, base * 2 ** max(0, attempt - 1))
+    return max(base / 10, random.uniform(0, ceiling))
+
+
+def _lock(saga_id: uuid.UUID | str) -> tuple[SagaInstance, type[SagaDefinition]]:
+    """Lock the definition's related rows, then the saga row."""
+    head = SagaInstance.objects.filter(pk=saga_id).values("saga_type", "reference").first()
+    if head is None:
+        raise SagaNotFound(f"Saga {saga_id} does not exist.")
+    definition = saga_definition(head["saga_type"])
+    definition.lock_related(head["reference"])
+    return SagaInstance.objects.select_for_update().get(pk=saga_id), definition
+
+
+def _saga_set(saga: SagaInstance, *, expected: str, now: datetime, **fields: Any) -> bool:
+    updated = SagaInstance.objects.filter(pk=saga.pk, status=expected).update(updated_at=now, **fields)
+    if updated:
+        for name, value in fields.items():
+            setattr(saga, name, value)
+        saga.updated_at = now
+    return bool(updated)
+
+
+def _finish(
+    saga: SagaInstance, *, expected: str, status: str, event: str, now: datetime, **fields: Any
+) -> bool:
+    if not _saga_set(
+        saga, expected=expected, now=now, status=status, finished_at=now, deadline=None, **fields
+    ):
+        return False
+    _event(saga, event)
+    _count_on_commit(saga.saga_type, status)
+    return True
+
+
+# --- start ----------------------------------------------------------------------------------
+def saga_start(
+    *,
+    saga_type: str,
+    context: dict[str, Any],
+    reference: str = "",
+    now: datetime | None = None,
+    saga_id: uuid.UUID | None = None,
+) -> SagaInstance:
+    """Create the saga and its action steps, write `saga.started`, and enqueue the first step on
+    commit. Runs inside the caller's transaction (a rollback leaves no saga)."""
+    now = now or timezone.now()
+    definition = saga_definition(saga_type)
+    with transaction.atomic(savepoint=False):
+        saga = SagaInstance.objects.create(
+            id=saga_id or uuid.uuid4(),
+            saga_type=saga_type,
+            status=SagaStatus.RUNNING,
+            context=context,
+            reference=str(reference),
+            correlation_id=get_correlation_id() or "",
+            created_at=now,
+            updated_at=now,
+        )
+        SagaStep.objects.bulk_create(
+            [
+                SagaStep(saga=saga, name=step.name, kind=StepKind.ACTION, position=position)
+                for position, step in enumerate(definition.steps)
+            ]
+        )
+        _event(saga, SAGA_STARTED)
+        _count_on_commit(saga_type, "started")
+        _advance(saga, definition, after=-1, now=now)
+    return saga
+
+
+def _advance(saga: SagaInstance, definition: type[SagaDefinition], *, after: int, now: datetime) -> None:
+    """Start the next action step after position `after`, or complete the saga."""
+    following = (
+        SagaStep.objects.filter(
+            saga=saga, kind=StepKind.ACTION, position__gt=after, status=StepStatus.PENDING
+        )
+        .order_by("position")
+        .first()
+    )
+    if following is None:
+        _finish(saga, expected=SagaStatus.RUNNING, status=SagaStatus.COMPLETED, event=SAGA_COMPLETED, now=now)
+        return
+    step = definition.step(following.name)
+    if step.is_wait:
+        # A wait step is "running" from now until its event arrives or its deadline passes.
+        SagaStep.objects.filter(pk=following.pk, status=StepStatus.PENDING).update(
+            status=StepStatus.RUNNING, attempts=1, started_at=now, not_before=None
+        )
+        if definition.wait_satisfied(saga, step.name):
+            # Its event came before the step started (a payment during the reservation).
+            SagaStep.objects.filter(pk=following.pk).update(status=StepStatus.SUCCEEDED, finished_at=now)
+            _advance(saga, definition, after=following.position, now=now)
+            return
+        deadline = step.deadline(saga) if step.deadline else None
+        _saga_set(saga, expected=SagaStatus.RUNNING, now=now, current_step=step.name, deadline=deadline)
+        return
+    SagaStep.objects.filter(pk=following.pk).update(not_before=now)
+    _saga_set(saga, expected=SagaStatus.RUNNING, now=now, current_step=step.name, deadline=None)
+    _enqueue_on_commit(saga, step.name, StepKind.ACTION)
+
+
+# --- running a step -------------------------------------------------------------------------
+def _claim(*, saga_id: str, name: str, kind: str, lease: timedelta, now: datetime) -> SagaStep | None:
+    """Compare-and-set the step to running under a fresh lease; None when another holds it,
+    it is finished, its backoff is not over, or the saga is not in the matching state."""
+    saga_status = SagaStatus.RUNNING if kind == StepKind.ACTION else SagaStatus.COMPENSATING
+    with transaction.atomic():
+        # A pending step is claimable once scheduled (not_before set by _advance, a retry, resume).
+        claimable = Q(status=StepStatus.PENDING, not_before__lte=now)
+        claimable |= Q(status=StepStatus.RUNNING, lease_expires_at__lte=now)
+        updated = (
+            SagaStep.objects.filter(claimable, saga_id=saga_id, name=name, kind=kind)
+            .filter(saga__status=saga_status)
+            .update(
+                status=StepStatus.RUNNING,
+                attempts=F("attempts") + 1,
+                lease_expires_at=now + lease,
+                started_at=now,
+                not_before=None,
+            )
+        )
+        if not updated:
+            return None
+        return SagaStep.objects.select_related("saga").get(saga_id=saga_id, name=name, kind=kind)
+
+
+def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = None) -> StepRunResult:
+    """Claim, run (no transaction open) and record one attempt of a step. Idempotent: a
+    duplicate message finds the step claimed or finished and does nothing."""
+    now = now or timezone.now()
+    head = SagaInstance.objects.filter(pk=saga_id).values("saga_type").first()
+    if head is None:
+        return StepRunResult("not_claimed")
+    definition = saga_definition(head["saga_type"])
+    step = definition.step(name)
+    claimed = _claim(saga_id=saga_id, name=name, kind=kind, lease=_lease(step), now=now)
+    if claimed is None:
+        return StepRunResult("not_claimed")
+    function = step.action if kind == StepKind.ACTION else step.compensation
+    suffix = step.idempotency_suffix if kind == StepKind.ACTION else name
+    call = StepCall(
+        saga_id=str(saga_id),
+        context=dict(claimed.saga.context),
+        idempotency_key=f"{saga_id}:{suffix}",
+        attempt=claimed.attempts,
+    )
+    started = time.perf_counter()
+    update: dict[str, Any] | None = None
+    error = ""
+    if claimed.attempts > _max_attempts(step):
+        outcome, error = "failed", "lease expired on the last attempt"
+    else:
+        try:
+            assert function is not None
+            update = function(call)
+            outcome = "succeeded"
+        except StepSkipped as exc:
+            outcome, error = "skipped", str(exc)
+        except StepRejected as exc:
+            outcome, error = "rejected", f"{exc.reason}: {exc}"
+            update = {"_reason": exc.reason}
+        except StepRetry as exc:
+            outcome, error = "retry", str(exc) or exc.__class__.__name__
+        except Exception as exc:  # a bug or an unexpected answer: retried like a transient error
+            logger.exception("saga step %s/%s raised", saga_id, name)
+            outcome, error = "retry", f"{exc.__class__.__name__}: {exc}"
+        if outcome == "retry" and claimed.attempts >= _max_attempts(step):
+            outcome = "failed"
+    duration = time.perf_counter() - started
+    metrics.STEP_DURATION.labels(head["saga_type"], name, outcome).observe(duration)
+    recorded = _step_record(
+        saga_id=saga_id,
+        step_row=claimed,
+        step=step,
+        definition=definition,
+        outcome=outcome,
+        error=error,
+        update=update,
+        duration_ms=duration * 1000,
+        now=timezone.now(),
+    )
+    return StepRunResult(outcome if recorded else "stale", claimed.attempts)
+
+
+@transaction.atomic
+def _step_record(
+    *,
+    saga_id: str,
+    step_row: SagaStep,
+    step: Step,
+    definition: type[SagaDefinition],
+    outcome: str,
+    error: str,
+    update: dict[str, Any] | None,
+    duration_ms: float,
+    now: datetime,
+) -> bool:
+    saga, _ = _lock(saga_id)
+    fenced = SagaStep.objects.filter(pk=step_row.pk, status=StepStatus.RUNNING, attempts=step_row.attempts)
+    common = {"last_error": error[:2000], "duration_ms": duration_ms, "lease_expires_at": None}
+    if outcome == "retry":
+        delay = backoff_delay(attempt=step_row.attempts, base=step.backoff_base_seconds)
+        if not fenced.update(status=StepStatus.PENDING, not_before=now + timedelta(seconds=delay), **common):
+            return False
+        _enqueue_on_commit(saga, step_row.name, step_row.kind, countdown=delay)
+        return True
+    status = {
+        "succeeded": StepStatus.SUCCEEDED,
+        "skipped": StepStatus.SKIPPED,
+        "rejected": StepStatus.FAILED,
+        "failed": StepStatus.FAILED,
+    }[outcome]
+    if not fenced.update(status=status, finished_at=now, **common):
+        return False
+    action = step_row.kind == StepKind.ACTION
+    if action and outcome == "succeeded" and update:
+        saga.context = {**saga.context, **update}
+        SagaInstance.objects.filter(pk=saga.pk).update(context=saga.context)
+    if action and outcome in ("succeeded", "skipped"):
+        _advance(saga, definition, after=step_row.position, now=now)
+    elif action:
+        reason = (update or {}).get("_reason") or f"{step_row.name}_failed"
+        _compensation_begin(saga, definition, reason=reason, now=now)
+    elif outcome in ("succeeded", "skipped"):
+        if outcome == "succeeded":
+            saga_type, name = saga.saga_type, step_row.name
+            transaction.on_commit(lambda: metrics.COMPENSATIONS.labels(saga_type, name).inc())
+        _compensation_next(saga, now=now)
+    else:
+        _finish(
+            saga,
+            expected=SagaStatus.COMPENSATING,
+            status=SagaStatus.FAILED,
+            event=SAGA_FAILED,
+            now=now,
+            current_step=step_row.name,
+        )
+    return True
+
+
+# --- compensation ---------------------------------------------------------------------------
+def _compensation_begin(
+    saga: SagaInstance, definition: type[SagaDefinition], *, reason: str, now: datetime
+) -> bool:
+    """running → compensating: skip what has not finished, queue the compensations of the
+    succeeded steps (and of a step caught mid-flight, whose effect may have happened) in reverse."""
+    if not _saga_set(
+        saga,
+        expected=SagaStatus.RUNNING,
+        now=now,
+        status=SagaStatus.COMPENSATING,
+        reason=reason,
+        deadline=None,
+    ):
+        return False
+    rows = list(SagaStep.objects.filter(saga=saga, kind=StepKind.ACTION).order_by("position"))
+    in_flight = [row for row in rows if row.status == StepStatus.RUNNING]
+    SagaStep.objects.filter(
+        saga=saga, kind=StepKind.ACTION, status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+    ).update(status=StepStatus.SKIPPED, finished_at=now, lease_expires_at=None, not_before=None)
+    to_undo = [
+        row
+        for row in rows
+        if (
+            row.status == StepStatus.SUCCEEDED or (row in in_flight and not definition.step(row.name).is_wait)
+        )
+        and definition.step(row.name).compensation is not None
+    ]
+    SagaStep.objects.bulk_create(
+        [
+            SagaStep(
+                saga=saga,
+                name=definition.step(row.name).compensation_name,
+                kind=StepKind.COMPENSATION,
+                position=row.position,
+            )
+            for row in to_undo
+        ],
+        ignore_conflicts=True,
+    )
+    definition.on_compensation_started(saga, reason)
+    _compensation_next(saga, now=now)
+    return True
+
+
+def _compensation_next(saga: SagaInstance, *, now: datetime) -> None:
+    following = (
+        SagaStep.objects.filter(saga=saga, kind=StepKind.COMPENSATION, status=StepStatus.PENDING)
+        .order_by("-position")
+        .first()
+    )
+    if following is None:
+        _finish(
+            saga,
+            expected=SagaStatus.COMPENSATING,
+            status=SagaStatus.COMPENSATED,
+            event=SAGA_COMPENSATED,
+            now=now,
+        )
+        return
+    SagaStep.objects.filter(pk=following.pk).update(not_before=now)
+    _saga_set(saga, expected=SagaStatus.COMPENSATING, now=now, current_step=following.name)
+    _enqueue_on_commit(saga, following.name, StepKind.COMPENSATION)
+
+
+@transaction.atomic
+def saga_compensate(
+    *, saga_id: uuid.UUID | str, reason: str = "operator", now: datetime | None = None
+) -> SagaInstance:
+    """Give up on a running saga: its succeeded steps are compensated in reverse order."""
+    now = now or timezone.now()
+    saga, definition = _lock(saga_id)
+    if saga.status != SagaStatus.RUNNING or not _compensation_begin(saga, definition, reason=reason, now=now):
+        raise SagaNotResumable(f"Saga {saga.id} is {saga.status}; only a running saga can be compensated.")
+    return saga
+
+
+# --- events into the saga -------------------------------------------------------------------
+def saga_wait_complete(
+    *,
+    saga: SagaInstance,
+    definition: type[SagaDefinition],
+    step_name: str,
+    event_id: str,
+    consumer_group_name: str,
+    update: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """A wait step's event arrived (the caller holds the saga lock, see `_lock`): record it once
+    in processed_events, succeed the step (compare-and-set) and advance. False for a duplicate
+    or when the saga no longer waits on it."""
+    now = now or timezone.now()
+    try:
+        with transaction.atomic():
+            ProcessedEvent.objects.create(
+                event_id=event_id,
+                consumer_group_name=consumer_group_name,
+                processed_at=now,
+                outcome=step_name,
+            )
+    except IntegrityError:
+        return False
+    if saga.status != SagaStatus.RUNNING:
+        return False
+    row = SagaStep.objects.filter(saga=saga, name=step_name, kind=StepKind.ACTION).first()
+    if row is None or not SagaStep.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
+        status=StepStatus.SUCCEEDED,
+        finished_at=now,
+        duration_ms=(now - (row.started_at or now)).total_seconds() * 1000,
+    ):
+        return False
+    if update:
+        saga.context = {**saga.context, **update}
+        SagaInstance.objects.filter(pk=saga.pk).update(context=saga.context)
+    _advance(saga, definition, after=row.position, now=now)
+    return True
+
+
+def saga_close(
+    *, saga: SagaInstance, definition: type[SagaDefinition], reason: str, now: datetime | None = None
+) -> bool:
+    """The business object the saga serves is gone (order paid-failed, expired, cancelled):
+    compensate if still running (caller holds the lock). False when it was not running."""
+    return _compensation_begin(saga, definition, reason=reason, now=now or timezone.now())
+
+
+def saga_lock_by_reference(*, saga_type: str, reference: str) -> SagaInstance | None:
+    """The saga row of (type, reference), locked; the caller already holds the related rows."""
+    return (
+        SagaInstance.objects.select_for_update()
+        .filter(saga_type=saga_type, reference=str(reference))
+        .order_by("created_at")
+        .first()
+    )
+
+
+# --- operators ------------------------------------------------------------------------------
+@transaction.atomic
+def saga_resume(*, saga_id: uuid.UUID | str, now: datetime | None = None) -> str:
+    """Try again: a failed saga's failed compensation gets fresh attempts (status
+    compensating); an open saga's current step is enqueued again. Returns what was done."""
+    now = now or timezone.now()
+    saga, _ = _lock(saga_id)
+    if saga.status == SagaStatus.FAILED:
+        SagaStep.objects.filter(saga=saga, kind=StepKind.COMPENSATION, status=StepStatus.FAILED).update(
+            status=StepStatus.PENDING, attempts=0, finished_at=None, not_before=now
+        )
+        _saga_set(saga, expected=SagaStatus.FAILED, now=now, status=SagaStatus.COMPENSATING, finished_at=None)
+        _compensation_next(saga, now=now)
+        return "compensation resumed"
+    if saga.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        kind = StepKind.ACTION if saga.status == SagaStatus.RUNNING else StepKind.COMPENSATION
+        # Scheduled steps (waiting for a backoff or a lost message) and leased ones (a dead
+        # worker's: the claim takes them once the lease is over); never a wait step.
+        rows = SagaStep.objects.filter(
+            Q(status=StepStatus.PENDING, not_before__isnull=False)
+            | Q(status=StepStatus.RUNNING, lease_expires_at__isnull=False),
+            saga=saga,
+            kind=kind,
+        )
+        count = 0
+        for row in rows:
+            if row.status == StepStatus.PENDING:
+                SagaStep.objects.filter(pk=row.pk).update(not_before=now)  # the backoff is waived
+            _enqueue_on_commit(saga, row.name, kind)
+            count += 1
+        return f"{count} step(s) enqueued" if count else "nothing to enqueue (waiting on an event or a lease)"
+    raise SagaNotResumable(f"Saga {saga.id} is {saga.status}; there is nothing to resume.")
+
+
+# --- the sweep ------------------------------------------------------------------------------
+def saga_sweep(*, now: datetime | None = None, limit: int = 500) -> dict[str, int]:
+    """Enqueue steps whose lease expired or whose message should have run; act on sagas whose
+    wait step passed its deadline (compensate, complete, or wait longer)."""
+    now = now or timezone.now()
+    counts = {"enqueued": 0, "compensated": 0, "completed": 0}
+    due = (
+        SagaStep.objects.filter(
+            Q(status=StepStatus.RUNNING, lease_expires_at__lte=now)
+            | Q(status=StepStatus.PENDING, not_before__lte=now - SWEEP_PENDING_GRACE)
+        )
+        .filter(
+            Q(kind=StepKind.ACTION, saga__status=SagaStatus.RUNNING)
+            | Q(kind=StepKind.COMPENSATION, saga__status=SagaStatus.COMPENSATING)
+        )
+        .values_list("saga_id", "name", "kind")[:limit]
+    )
+    for saga_id, name, kind in due:
+        _send(str(saga_id), name, kind, None)
+        counts["enqueued"] += 1
+    overdue = SagaInstance.objects.filter(status=SagaStatus.RUNNING, deadline__lte=now).values_list(
+        "pk", flat=True
+    )[:limit]
+    for saga_id in overdue:
+        outcome = saga_deadline_handle(saga_id=saga_id, now=now)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+@transaction.atomic
+def saga_deadline_handle(*, saga_id: uuid.UUID | str, now: datetime | None = None) -> str:
+    """One saga past its wait deadline: the definition says compensate, complete, or a new deadline."""
+    now = now or timezone.now()
+    saga, definition = _lock(saga_id)
+    if saga.status != SagaStatus.RUNNING or saga.deadline is None or saga.deadline > now:
+        return "unchanged"
+    decision = definition.on_deadline(saga, now)
+    if decision == "compensate":
+        _compensation_begin(saga, definition, reason="deadline", now=now)
+        return "compensated"
+    if decision == "complete":
+        row = SagaStep.objects.filter(saga=saga, name=saga.current_step, kind=StepKind.ACTION).first()
+        if row and SagaStep.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
+            status=StepStatus.SUCCEEDED, finished_at=now
+        ):
+            _advance(saga, definition, after=row.position, now=now)
+            return "completed"
+        return "unchanged"
+    if isinstance(decision, datetime):
+        _saga_set(saga, expected=SagaStatus.RUNNING, now=now, deadline=decision)
+    return "waiting"
