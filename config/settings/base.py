@@ -216,6 +216,11 @@ GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
 GATEWAY_RESPONSE_CACHE_MAX_BYTES = env.int("GATEWAY_RESPONSE_CACHE_MAX_BYTES", default=1024 * 1024)
 GATEWAY_CIRCUIT_FAILURES = env.int("GATEWAY_CIRCUIT_FAILURES", default=5)
 GATEWAY_CIRCUIT_RESET_SECONDS = env.float("GATEWAY_CIRCUIT_RESET_SECONDS", default=30.0)
+# The async upstream client (gateway/services/upstream.py): connections per target and event loop
+# (0: unbounded; above the limit a request waits for a free one, within its time budget), and how
+# long an idle keep-alive connection is kept.
+GATEWAY_UPSTREAM_POOL_SIZE = env.int("GATEWAY_UPSTREAM_POOL_SIZE", default=1024)
+GATEWAY_UPSTREAM_KEEPALIVE_SECONDS = env.float("GATEWAY_UPSTREAM_KEEPALIVE_SECONDS", default=15.0)
 JWT_JWKS_URL = env("JWT_JWKS_URL", default="")
 JWT_ISSUER = env("JWT_ISSUER", default="")
 JWT_AUDIENCE = env("JWT_AUDIENCE", default="")

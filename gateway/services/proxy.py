@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextvars
 import http.client
 import io
-import itertools
 import logging
-import random
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -35,26 +32,29 @@ from common.errors import ApplicationError
 from gateway import metrics
 from gateway.services import headers as header_rules
 from gateway.services.circuit import (
-    circuit_allow,
     circuit_record_failure,
     circuit_record_success,
     circuit_release_probe,
     circuit_retry_after,
 )
+from gateway.services.upstream_errors import (  # shared with the async client (upstream.py)
+    BUFFER_LIMIT_BYTES,
+    MIN_ATTEMPT_SECONDS,
+    RETRYABLE_METHODS,
+    RETRYABLE_STATUSES,
+    STREAM_CHUNK_BYTES,
+    BadGateway,
+    CircuitOpen,
+    GatewayTimeout,
+    backoff_delay,
+    next_start,
+    pick_target,
+)
 from gateway.types import Identity, ResolvedRoute
 
 logger = logging.getLogger("gatehouse.proxy")
 
-# Methods whose repetition is harmless (RFC 9110 §9.2.2), retried on any upstream failure.
-RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
-BACKOFF_BASE_SECONDS = 0.05
-BACKOFF_CAP_SECONDS = 1.0
-# Bodies up to this size (with a Content-Length) are read whole: cacheable, replayable, and
-# one write to the client; anything larger or of unknown length streams in chunks.
-BUFFER_LIMIT_BYTES = 256 * 1024
-STREAM_CHUNK_BYTES = 64 * 1024
-_MIN_ATTEMPT_SECONDS = 0.01
+_MIN_ATTEMPT_SECONDS = MIN_ATTEMPT_SECONDS
 
 
 # --- A hard deadline for the response head and a buffered body --------------------------------
@@ -159,20 +159,6 @@ class _BudgetHTTPSConnectionPool(_RawTargetMixin, HTTPSConnectionPool):
 # block=False: a burst above maxsize opens extra connections instead of queueing.
 _pools = urllib3.PoolManager(num_pools=512, maxsize=64, block=False, retries=False)
 _pools.pool_classes_by_scheme = {"http": _BudgetHTTPConnectionPool, "https": _BudgetHTTPSConnectionPool}
-_round_robin: dict[tuple[str, ...], Iterator[int]] = {}
-_round_robin_lock = threading.Lock()
-
-
-class BadGateway(ApplicationError):
-    status, slug, title = 502, "bad-gateway", "Bad gateway"
-
-
-class GatewayTimeout(ApplicationError):
-    status, slug, title = 504, "gateway-timeout", "Gateway timeout"
-
-
-class CircuitOpen(ApplicationError):
-    status, slug, title = 503, "upstream-unavailable", "Upstream unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,21 +280,8 @@ class UpstreamStream:
         self._raw.release_conn()
 
 
-def _next_start(targets: tuple[str, ...]) -> int:
-    counter = _round_robin.get(targets)
-    if counter is None:
-        with _round_robin_lock:
-            counter = _round_robin.setdefault(targets, itertools.count(random.randrange(len(targets))))
-    return next(counter)  # itertools.count is atomic under the GIL
-
-
-def _pick_target(targets: tuple[str, ...], start: int) -> str | None:
-    count = len(targets)
-    for offset in range(count):
-        target = targets[(start + offset) % count]
-        if circuit_allow(target=target):
-            return target
-    return None
+_next_start = next_start
+_pick_target = pick_target
 
 
 def _failure(target: str, service: str) -> None:
@@ -421,7 +394,7 @@ def proxy_forward(
 
 def _backoff(attempt: int, deadline: float) -> bool:
     """Sleep a full-jitter backoff before the next attempt; False when the budget cannot afford it."""
-    delay = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
+    delay = backoff_delay(attempt)
     if time.monotonic() + delay + _MIN_ATTEMPT_SECONDS >= deadline:
         return False
     time.sleep(delay)
