@@ -37,7 +37,7 @@ from gateway.services.pipeline import (
     RequestContext,
     gateway_pipeline,
 )
-from gateway.services.upstream_threaded import upstream_close
+from gateway.services.upstream import upstream_close
 
 logger = logging.getLogger("gatehouse.gateway")
 

@@ -46,7 +46,7 @@ from gateway.services.response_cache import (
     response_cache_applies,
     response_cache_aset,
 )
-from gateway.services.upstream_threaded import upstream_forward
+from gateway.services.upstream import upstream_forward
 from gateway.types import Identity, RouteMatch
 
 T = TypeVar("T")
