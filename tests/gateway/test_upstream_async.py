@@ -705,3 +705,126 @@ def test_attempts_retries_and_opened_circuits_are_counted(http_server_factory):
         == before["refused"] + 1
     )
     assert sample("gateway_circuit_opened_total", service="metrics-svc") == before["opened"] + 1
+
+
+def test_a_streamed_body_may_outlast_the_budget_while_data_keeps_coming(raw_server):
+    def slow_chunks(conn, data):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(5):
+            time.sleep(0.3)
+            conn.sendall(b"4\r\ndata\r\n")
+        conn.sendall(b"0\r\n\r\n")
+
+    server = raw_server(slow_chunks)
+
+    async def go():
+        answer = await forward(route(server.url, timeout_ms=1000))
+        return await read_all(answer)
+
+    assert run(go()) == b"data" * 5  # ~1.5 s of body under a 1 s budget
+
+
+def test_a_streamed_body_that_stalls_past_the_budget_is_a_timeout(raw_server):
+    def stall(conn, data):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ndata\r\n")
+        server.wait_closed(conn)
+
+    server = raw_server(stall)
+
+    async def go():
+        answer = await forward(route(server.url, timeout_ms=500))
+        assert await anext(answer.stream) == b"data"
+        with pytest.raises(GatewayTimeout):
+            await anext(answer.stream)
+        await answer.release()
+
+    run(go())
+    deadline = time.monotonic() + 2
+    while not server.closed_at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.closed_at  # the stalled connection was closed, not pooled
+
+
+def test_a_streamed_request_body_is_never_replayed(http_server_factory):
+    upstream = http_server_factory(replies(Reply(close=True), Reply(200, b"fine")))
+
+    async def parts():
+        yield b"only once"
+
+    with pytest.raises(BadGateway):
+        run(
+            upstream_forward(
+                route=route(upstream.url, retry_count=2),
+                method="PUT",
+                path="/p",
+                query_string=b"",
+                headers=[("Host", ""), ("Content-Length", "9")],
+                body=parts(),
+                idempotency_key=False,
+            )
+        )
+    assert len(upstream.requests) == 1
+
+
+def test_upstream_close_closes_the_pooled_connections(raw_server):
+    def keep_open(conn, data):
+        ok(conn, data)
+        server.wait_closed(conn)
+
+    server = raw_server(keep_open)
+
+    async def go():
+        await forward(route(server.url))
+        await asyncio.sleep(0.05)
+        assert server.closed_at == []  # kept alive in the pool
+        await upstream_close()
+        return time.monotonic()
+
+    closed_at = asyncio.run(go())
+    deadline = time.monotonic() + 2
+    while not server.closed_at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.closed_at and server.closed_at[0] - closed_at < 0.5
+
+
+def test_a_retry_moves_on_to_the_next_target(http_server_factory):
+    failing = http_server_factory(lambda request: Reply(503, b"busy"))
+    healthy = http_server_factory(lambda request: Reply(200, b"fine"))
+    target_route = route(failing.url, healthy.url, retry_count=1)
+
+    # Two requests start on two different targets (round robin): one starts on the failing one.
+    answers = [run(forward(target_route)) for _ in range(2)]
+
+    assert [a.body for a in answers] == [b"fine", b"fine"]
+    assert (len(failing.requests), len(healthy.requests)) == (1, 2)
+
+
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304)])
+def test_bodiless_answers_are_buffered_and_the_connection_reused(raw_server, method, status):
+    reason = {200: b"OK", 204: b"No Content", 304: b"Not Modified"}[status]
+    answer_head = b'HTTP/1.1 %d %s\r\nContent-Length: 999999\r\nETag: "e"\r\n\r\n' % (status, reason)
+    if status == 204:
+        answer_head = answer_head.replace(b"Content-Length: 999999\r\n", b"")
+
+    def two(conn, data):
+        conn.sendall(answer_head)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        server.heads.append(data.split(b"\r\n\r\n")[0])
+        conn.sendall(answer_head)
+
+    server = raw_server(two)
+
+    async def go():
+        first = await forward(route(server.url), method=method)
+        second = await forward(route(server.url), method=method)
+        return first, second
+
+    first, second = run(go())
+    assert (first.status, first.body, first.stream) == (status, b"", None)
+    assert second.status == status
+    assert len(server.heads) == 2  # both on the one kept-alive connection

@@ -1,0 +1,158 @@
+"""Which async HTTP client for the upstream calls: aiohttp vs httpx, same upstream, same run.
+
+    .venv/bin/python benchmarks/async_clients.py [--requests 2000] [--concurrency 32] [--rounds 3]
+
+One local upstream (a separate process: a bare uvloop protocol answering a fixed keep-alive 200)
+and, in this process on uvloop, --requests pooled GETs with --concurrency in flight through:
+- aiohttp: one ClientSession / TCPConnector, configured as gateway/services/upstream.py does;
+- httpx: one AsyncClient with the same pool size;
+- Gatehouse's `upstream_forward` itself (aiohttp plus the budget, circuit, retries, metrics).
+Each round measures every client in turn; the best round of each is kept. Prints requests/s and
+the ratios aiohttp/httpx and upstream_forward/aiohttp. Run by hand, not in CI (httpx comes from
+requirements-dev.txt for this script only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+def _serve_upstream(sock: socket.socket) -> None:
+    import uvloop
+
+    class Upstream(asyncio.Protocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.transport = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while b"\r\n\r\n" in self.buffer:
+                _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+                self.transport.write(_ANSWER)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Upstream, sock=sock)
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+async def _drive(call, requests: int, concurrency: int) -> float:  # type: ignore[no-untyped-def]
+    """requests/s of `requests` awaits of `call()`, `concurrency` at a time."""
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - started)
+
+
+async def _aiohttp(url: str, requests: int, concurrency: int) -> float:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+    ) as session:
+
+        async def call() -> None:
+            async with session.get(url, allow_redirects=False) as response:
+                await response.read()
+
+        await call()  # warm the pool
+        return await _drive(call, requests, concurrency)
+
+
+async def _httpx(url: str, requests: int, concurrency: int) -> float:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False) as client:
+
+        async def call() -> None:
+            response = await client.get(url)
+            await response.aread()
+
+        await call()
+        return await _drive(call, requests, concurrency)
+
+
+async def _gatehouse(url: str, requests: int, concurrency: int) -> float:
+    from gateway.services.upstream import upstream_close, upstream_forward
+    from gateway.types import ResolvedRoute
+
+    route = ResolvedRoute(id=1, methods=("GET",), path="/b", service="bench", targets=(url,))
+
+    async def call() -> None:
+        answer = await upstream_forward(
+            route=route, method="GET", path="/b", query_string=b"", headers=[("Host", "")], body=b""
+        )
+        await answer.release()
+
+    try:
+        await call()
+        return await _drive(call, requests, concurrency)
+    finally:
+        await upstream_close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+    import django
+    import uvloop
+
+    django.setup()
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    upstream = multiprocessing.get_context("fork").Process(target=_serve_upstream, args=(sock,), daemon=True)
+    upstream.start()
+    clients = {"aiohttp": _aiohttp, "httpx": _httpx, "upstream_forward": _gatehouse}
+    best = dict.fromkeys(clients, 0.0)
+    try:
+        for round_no in range(1, args.rounds + 1):
+            for name, client in clients.items():
+                rate = uvloop.run(client(url, args.requests, args.concurrency))
+                best[name] = max(best[name], rate)
+                print(f"round {round_no} {name:17} {rate:8.0f} req/s")
+    finally:
+        upstream.terminate()
+        upstream.join()
+    print(f"\n{args.requests} pooled GETs, {args.concurrency} in flight, best of {args.rounds} rounds:")
+    for name, rate in best.items():
+        print(f"  {name:17} {rate:8.0f} req/s")
+    print(f"aiohttp / httpx = {best['aiohttp'] / best['httpx']:.2f}x")
+    print(f"upstream_forward / aiohttp = {best['upstream_forward'] / best['aiohttp']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
