@@ -1,18 +1,139 @@
-"""TEMPORARY `/gw` ASGI application: the existing WSGI gateway (`gateway_wsgi`) on a thread pool.
+"""The `/gw` ASGI 3 application: the asyncio gateway (config/asgi.py routes `/gw…` here).
 
-Replaced by the async pipeline (the pipeline area's `gateway/asgi.py`) at merge: this file only
-lets config/asgi.py serve `/gw` on the ASGI server until then. It runs `gateway_wsgi` through
-the same WSGI bridge as Django (config/server/wsgi_bridge.py), with the raw request target as
-`RAW_URI`; the body is read by the gateway itself (after authentication), and a body the client
-does not finish raises ValidationFailed in that read, so it is never forwarded as complete.
+Per HTTP request, on the event loop (no thread per request):
+1. the correlation id: the client's valid `X-Correlation-ID` / `X-Request-ID`, else a new one;
+   in the log context for the whole request and on every answer;
+2. the trace context (`policies.trace_begin`: W3C traceparent continued or started);
+3. the pipeline (gateway/services/pipeline.py) → a `GatewayResult`; the route's policies add
+   their response headers; any domain error is problem+json, anything else a logged 500;
+4. metrics and the admin dashboard, recorded as the sync path records them (route label,
+   method, status, time to the response head);
+5. the answer goes out (gateway/responses.py), a stream chunk by chunk with back-pressure.
+A client that disconnects before its answer cancels the upstream call; it is recorded as 499.
+
+Lifespan: startup creates the database pool and builds the route table (so the first request
+needs no database); shutdown closes the upstream connection pools, flushes the dashboard counts
+and waits for the database pool's calls to end.
 """
 
-from django.conf import settings
+from __future__ import annotations
 
-from common.errors import ValidationFailed
-from config.server.wsgi_bridge import WsgiBridge
-from gateway.views import gateway_wsgi
+import asyncio
+import logging
+import time
+from typing import Any
 
-application = WsgiBridge(
-    gateway_wsgi, threads=settings.WEB_THREADS, max_body=None, disconnect_error=ValidationFailed
+from adminsite.recording import dashboard_flush, dashboard_record
+from common.correlation import accept_correlation_id, reset_correlation_id, set_correlation_id
+from gateway import metrics
+from gateway.policies import runner as policy
+from gateway.responses import GatewayResponse, internal_error, response_send
+from gateway.routing import resolver
+from gateway.services.db_pool import db_pool, db_pool_shutdown, in_db
+from gateway.services.pipeline import (
+    ClientDisconnected,
+    Gate,
+    GatewayResult,
+    RequestContext,
+    gateway_pipeline,
 )
+from gateway.services.upstream import upstream_close
+
+logger = logging.getLogger("gatehouse.gateway")
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CLIENT_CLOSED = 499  # recorded (never sent) for a client that went away before its answer
+
+
+def _first(headers: list[tuple[bytes, bytes]], *names: bytes) -> str | None:
+    for wanted in names:
+        for name, value in headers:
+            if name == wanted:
+                return value.decode("latin-1")
+    return None
+
+
+async def gateway_handle(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    started = time.perf_counter()
+    method = scope["method"]
+    correlation_id = accept_correlation_id(_first(scope["headers"], b"x-correlation-id", b"x-request-id"))
+    token = set_correlation_id(correlation_id)
+    gate = Gate(_first(scope["headers"], b"traceparent"))
+    ctx = RequestContext(scope, receive)
+    result: GatewayResult | None = None
+    try:
+        try:
+            result = await gateway_pipeline(ctx, gate)
+            response = result.response
+            if gate.policies or gate.state.response_headers:
+                response.headers = policy.response_headers(
+                    gate.policies, gate.request, gate.state, response.headers
+                )
+        except ClientDisconnected:
+            result = GatewayResult(GatewayResponse(status=CLIENT_CLOSED), ctx.route_label)
+            return
+        except Exception:
+            logger.exception("unhandled error on %s %s", method, scope["path"])
+            result = GatewayResult(internal_error(), ctx.route_label)
+            response = result.response
+        response.headers = [(n, v) for n, v in response.headers if n.lower() != "x-correlation-id"]
+        response.headers.append(("X-Correlation-ID", correlation_id))
+        _record(result, method, started)
+        try:
+            await response_send(send, response)
+        except ClientDisconnected:
+            logger.info("client went away while its answer was streamed")
+    finally:
+        if result is not None and result.response.status == CLIENT_CLOSED:
+            _record(result, method, started)
+        ctx.close()
+        gate.close()
+        reset_correlation_id(token)
+
+
+def _record(result: GatewayResult, method: str, started: float) -> None:
+    label, status = result.route_label, result.response.status
+    duration = time.perf_counter() - started
+    metrics.requests_total.labels(label, method if method in _KNOWN_METHODS else "OTHER", str(status)).inc()
+    metrics.request_duration.labels(label).observe(duration)
+    dashboard_record(route=label, status=status, duration=duration)
+
+
+async def _startup() -> None:
+    db_pool()
+    try:
+        await in_db(resolver.table)
+    except Exception:  # the database may come up later: the first request builds it then
+        logger.warning("route table not built at startup", exc_info=True)
+
+
+async def _shutdown() -> None:
+    try:
+        await upstream_close()
+    except Exception:
+        logger.exception("closing the upstream pools failed")
+    try:
+        await asyncio.to_thread(dashboard_flush)
+    except Exception:
+        logger.exception("flushing the dashboard counts failed")
+    await asyncio.to_thread(db_pool_shutdown)
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    kind = scope["type"]
+    if kind == "http":
+        await gateway_handle(scope, receive, send)
+    elif kind == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await _startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await _shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

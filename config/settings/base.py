@@ -211,6 +211,8 @@ FORWARDED_ALLOW_IPS = env.list("FORWARDED_ALLOW_IPS", default=[])
 GATEWAY_DEFAULT_POLICIES = env.json("GATEWAY_DEFAULT_POLICIES", default={})
 GATEWAY_ROUTE_CACHE_TTL = env.int("GATEWAY_ROUTE_CACHE_TTL", default=300)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Threads per process for the asyncio gateway's database work (route misses, idempotency).
+GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
 # Largest upstream body kept by the GET response cache (larger ones stream through uncached).
 GATEWAY_RESPONSE_CACHE_MAX_BYTES = env.int("GATEWAY_RESPONSE_CACHE_MAX_BYTES", default=1024 * 1024)
 GATEWAY_CIRCUIT_FAILURES = env.int("GATEWAY_CIRCUIT_FAILURES", default=5)

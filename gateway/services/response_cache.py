@@ -193,3 +193,136 @@ def response_cache_invalidate(*, route_id: int | None = None) -> None:
 
 def response_cache_delete_now(*, pattern: str = "responses:*") -> int:
     return shared_cache_call(lambda: shared_cache_delete_pattern(pattern), 0)
+
+
+# --- async variants (the asyncio pipeline): same keys, rules and stored values ------------------
+# Redis through `redis.asyncio` (one client per loop, gateway.caching.two_level), values encoded
+# and decoded exactly as the sync functions' cache backend does (`_aencode` / `_adecode`), so the
+# sync and async paths share every entry. Without Redis the cache is this process's memory: the
+# sync calls are then plain dict operations, safe on the loop.
+
+
+def _aencode(value: object) -> bytes:
+    return cache.client.encode(value)  # type: ignore[attr-defined]
+
+
+def _adecode(raw: bytes | None) -> object:
+    return None if raw is None else cache.client.decode(raw)  # type: ignore[attr-defined]
+
+
+async def _aget(key: str) -> object:
+    from gateway.caching.two_level import _async_client
+    from gateway.services.shared_cache import (
+        shared_cache_available,
+        shared_cache_failed,
+        shared_cache_is_redis,
+        shared_cache_succeeded,
+    )
+
+    if not shared_cache_is_redis():
+        return shared_cache_call(lambda: cache.get(key), None)
+    if not shared_cache_available():
+        return None
+    try:
+        raw = await _async_client().get(cache.make_key(key))
+        value = _adecode(raw)
+    except Exception as exc:  # redis.asyncio errors and timeouts, an unreadable value
+        shared_cache_failed(exc)
+        return None
+    shared_cache_succeeded()
+    return value
+
+
+async def _aset_many(entries: dict[str, object], ttl: int) -> None:
+    from gateway.caching.two_level import _async_client
+    from gateway.services.shared_cache import (
+        shared_cache_available,
+        shared_cache_failed,
+        shared_cache_is_redis,
+        shared_cache_succeeded,
+    )
+
+    if not shared_cache_is_redis():
+        shared_cache_call(lambda: cache.set_many(entries, ttl), None)
+        return
+    if not shared_cache_available():
+        return
+    try:
+        async with _async_client().pipeline(transaction=False) as pipe:
+            for key, value in entries.items():
+                pipe.set(cache.make_key(key), _aencode(value), ex=max(1, int(ttl)))
+            await pipe.execute()
+    except Exception as exc:
+        shared_cache_failed(exc)
+        return
+    shared_cache_succeeded()
+
+
+async def response_cache_aget(
+    *,
+    route: ResolvedRoute,
+    method: str,
+    path: str,
+    query_string: str,
+    identity: Identity | None,
+    request_headers: HeaderPairs,
+) -> CachedResponse | None:
+    """`response_cache_get` for the event loop."""
+    if not response_cache_applies(route=route, method=method):
+        return None
+    request_headers = list(request_headers)
+    if not cache_lookup_allowed(request_headers=request_headers, shared=not route.auth_required):
+        return None
+    key = _key(route=route, path=path, query_string=query_string, identity=identity)
+    if key is None:
+        return None
+    stored = await _aget(key)
+    if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == _VARY_MARKER:
+        stored = await _aget(f"{key}:{vary_digest(request_headers=request_headers, names=tuple(stored[1]))}")
+    if not isinstance(stored, tuple) or len(stored) != 4:
+        cache_miss("responses")
+        return None
+    cache_hit("responses")
+    status, headers, body, stored_at = stored
+    age = max(0, int(time.time() - stored_at))
+    return CachedResponse(
+        status=status, headers=[*headers, ("Age", str(age))], body=b"" if method == "HEAD" else body
+    )
+
+
+async def response_cache_aset(
+    *,
+    route: ResolvedRoute,
+    method: str,
+    path: str,
+    query_string: str,
+    identity: Identity | None,
+    request_headers: HeaderPairs,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> None:
+    """`response_cache_set` for the event loop."""
+    if method != "GET" or not response_cache_applies(route=route, method=method):
+        return
+    request_headers = list(request_headers)
+    if not response_storable(
+        request_headers=request_headers,
+        shared=not route.auth_required,
+        status=status,
+        response_headers=headers,
+        body_size=len(body),
+        max_bytes=response_cache_max_bytes(),
+    ):
+        return
+    key = _key(route=route, path=path, query_string=query_string, identity=identity)
+    if key is None:
+        return
+    names = vary_names(response_headers=headers) or ()
+    kept = [(name, value) for name, value in headers if name.lower() not in _NOT_STORED]
+    value = (status, kept, bytes(body), time.time())
+    if names:
+        variant = f"{key}:{vary_digest(request_headers=request_headers, names=names)}"
+        await _aset_many({variant: value, key: (_VARY_MARKER, names)}, route.cache_ttl_seconds)
+    else:
+        await _aset_many({key: value}, route.cache_ttl_seconds)
