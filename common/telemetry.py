@@ -202,6 +202,16 @@ def inject(headers: dict[str, str]) -> None:
         headers["traceparent"] = value
 
 
+def inject_pairs(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`inject` for header pairs (the async upstream client's form): the same list when disabled."""
+    if _tracer is None:
+        return headers
+    value = current_traceparent()
+    if value is None:
+        return headers
+    return [*((n, v) for n, v in headers if n.lower() != "traceparent"), ("traceparent", value)]
+
+
 # --- enabled implementation (imports the SDK lazily) ---------------------------------------------
 
 _api: Any = None  # opentelemetry.trace, once enabled

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from adminsite.recording import dashboard_flush, dashboard_record
+from common import telemetry
 from common.correlation import accept_correlation_id, reset_correlation_id, set_correlation_id
 from gateway import metrics
 from gateway.policies import runner as policy
@@ -61,34 +62,40 @@ async def gateway_handle(scope: dict[str, Any], receive: Any, send: Any) -> None
     gate = Gate(_first(scope["headers"], b"traceparent"))
     ctx = RequestContext(scope, receive)
     result: GatewayResult | None = None
-    try:
+    with telemetry.span(
+        "gateway.request", kind="server", trace=gate.trace, attributes={"http.request.method": method}
+    ) as span:
         try:
-            result = await gateway_pipeline(ctx, gate)
-            response = result.response
-            if gate.policies or gate.state.response_headers:
-                response.headers = policy.response_headers(
-                    gate.policies, gate.request, gate.state, response.headers
-                )
-        except ClientDisconnected:
-            result = GatewayResult(GatewayResponse(status=CLIENT_CLOSED), ctx.route_label)
-            return
-        except Exception:
-            logger.exception("unhandled error on %s %s", method, scope["path"])
-            result = GatewayResult(internal_error(), ctx.route_label)
-            response = result.response
-        response.headers = [(n, v) for n, v in response.headers if n.lower() != "x-correlation-id"]
-        response.headers.append(("X-Correlation-ID", correlation_id))
-        _record(result, method, started)
-        try:
-            await response_send(send, response)
-        except ClientDisconnected:
-            logger.info("client went away while its answer was streamed")
-    finally:
-        if result is not None and result.response.status == CLIENT_CLOSED:
+            try:
+                result = await gateway_pipeline(ctx, gate)
+                response = result.response
+                if gate.policies or gate.state.response_headers:
+                    response.headers = policy.response_headers(
+                        gate.policies, gate.request, gate.state, response.headers
+                    )
+            except ClientDisconnected:
+                result = GatewayResult(GatewayResponse(status=CLIENT_CLOSED), ctx.route_label)
+                return
+            except Exception:
+                logger.exception("unhandled error on %s %s", method, scope["path"])
+                result = GatewayResult(internal_error(), ctx.route_label)
+                response = result.response
+            response.headers = [(n, v) for n, v in response.headers if n.lower() != "x-correlation-id"]
+            response.headers.append(("X-Correlation-ID", correlation_id))
             _record(result, method, started)
-        ctx.close()
-        gate.close()
-        reset_correlation_id(token)
+            try:
+                await response_send(send, response)
+            except ClientDisconnected:
+                logger.info("client went away while its answer was streamed")
+        finally:
+            if result is not None and result.response.status == CLIENT_CLOSED:
+                _record(result, method, started)
+            ctx.close()
+            gate.close()
+            reset_correlation_id(token)
+            if result is not None:
+                span.set_attribute("http.route", result.route_label)
+                span.set_status_code(result.response.status)
 
 
 def _record(result: GatewayResult, method: str, started: float) -> None:

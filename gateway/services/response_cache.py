@@ -197,20 +197,20 @@ def response_cache_delete_now(*, pattern: str = "responses:*") -> int:
 
 # --- async variants (the asyncio pipeline): same keys, rules and stored values ------------------
 # Redis through `redis.asyncio` (one client per loop, gateway.caching.two_level), values encoded
-# and decoded exactly as the sync functions' cache backend does (`_aencode` / `_adecode`), so the
-# sync and async paths share every entry. Without Redis the cache is this process's memory: the
-# sync calls are then plain dict operations, safe on the loop.
+# by `_encode` / `_decode` and the cache backend's own serializer (`_aencode` / `_adecode`), exactly
+# as the sync functions store them, so the sync and async paths share every entry. Without Redis
+# the cache is this process's memory: the sync calls are then plain dict operations, safe on the loop.
 
 
-def _aencode(value: object) -> bytes:
-    return cache.client.encode(value)  # type: ignore[attr-defined]
+def _aencode(value: tuple) -> bytes:
+    return cache.client.encode(_encode(value))  # type: ignore[attr-defined]
 
 
-def _adecode(raw: bytes | None) -> object:
-    return None if raw is None else cache.client.decode(raw)  # type: ignore[attr-defined]
+def _adecode(raw: bytes | None) -> tuple | None:
+    return None if raw is None else _decode(cache.client.decode(raw))  # type: ignore[attr-defined]
 
 
-async def _aget(key: str) -> object:
+async def _aget(key: str) -> tuple | None:
     from gateway.caching.two_level import _async_client
     from gateway.services.shared_cache import (
         shared_cache_available,
@@ -220,7 +220,7 @@ async def _aget(key: str) -> object:
     )
 
     if not shared_cache_is_redis():
-        return shared_cache_call(lambda: cache.get(key), None)
+        return _decode(shared_cache_call(lambda: cache.get(key), None))
     if not shared_cache_available():
         return None
     try:
@@ -233,7 +233,7 @@ async def _aget(key: str) -> object:
     return value
 
 
-async def _aset_many(entries: dict[str, object], ttl: int) -> None:
+async def _aset_many(entries: dict[str, tuple], ttl: int) -> None:
     from gateway.caching.two_level import _async_client
     from gateway.services.shared_cache import (
         shared_cache_available,
@@ -243,7 +243,8 @@ async def _aset_many(entries: dict[str, object], ttl: int) -> None:
     )
 
     if not shared_cache_is_redis():
-        shared_cache_call(lambda: cache.set_many(entries, ttl), None)
+        encoded = {key: _encode(value) for key, value in entries.items()}
+        shared_cache_call(lambda: cache.set_many(encoded, ttl), None)
         return
     if not shared_cache_available():
         return

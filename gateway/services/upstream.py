@@ -29,6 +29,7 @@ import aiohttp
 from django.conf import settings
 from yarl import URL
 
+from common import telemetry
 from common.errors import ApplicationError
 from gateway import metrics
 from gateway.services import headers as header_rules
@@ -350,15 +351,22 @@ async def upstream_forward(
         outcome = "error"
         try:
             # One deadline for connect, head and a buffered body, whatever attempt this is.
-            async with asyncio.timeout_at(deadline):
-                answer = await _attempt(
-                    target=target,
-                    method=method,
-                    url_tail=url_tail,
-                    headers=send_headers,
-                    data=data,
-                    read_timeout=remaining,
-                )
+            with telemetry.span(
+                "gateway.upstream",
+                kind="client",
+                attributes={"server.address": target.host, "gateway.attempt": attempt},
+            ) as span:
+                async with asyncio.timeout_at(deadline):
+                    answer = await _attempt(
+                        target=target,
+                        method=method,
+                        url_tail=url_tail,
+                        # the upstream's parent is this attempt's span (when telemetry is on)
+                        headers=telemetry.inject_pairs(send_headers),
+                        data=data,
+                        read_timeout=remaining,
+                    )
+                span.set_status_code(answer.status)
             outcome = str(answer.status)
         except aiohttp.ClientConnectorError as exc:
             # Refused / unreachable before one byte went out: safe to retry for every method.
