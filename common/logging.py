@@ -1,5 +1,6 @@
 """JSON log lines, each carrying the correlation id and W3C trace id of the work that wrote it."""
 
+import ast
 import logging
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
@@ -44,6 +45,19 @@ class TaskFilter(logging.Filter):
 _TICK_LOGGERS = frozenset({"celery.worker.strategy", "celery.app.trace", "celery.beat"})
 
 
+def _did_nothing(value: object) -> bool:
+    """A task's return value (Celery logs its repr) that says no work was done: 0, None, or a
+    mapping of counts that are all 0 (e.g. the saga sweep's {'enqueued': 0, 'compensated': 0})."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return False
+    if isinstance(value, dict):
+        return all(count in (0, None) for count in value.values())
+    return value in (0, None)
+
+
 class QuietTicksFilter(logging.Filter):
     """Routine scheduling lines become DEBUG: a task received, a beat entry sent, and a task that
     succeeded having done nothing (returned 0 or None). A task that did work (returned a count
@@ -55,7 +69,7 @@ class QuietTicksFilter(logging.Filter):
         message = str(record.msg)
         routine = "received" in message or message.startswith("Scheduler: Sending due task")
         if "succeeded" in message and isinstance(record.args, dict):
-            routine = record.args.get("return_value") in (0, None, "0", "None")
+            routine = _did_nothing(record.args.get("return_value"))
         if not routine:
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
