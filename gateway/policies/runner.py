@@ -1,4 +1,4 @@
-"""Calling the policy phases from a pipeline (gateway/services/pipeline.py, gateway/asgi.py).
+"""Calling the policy phases from a pipeline: the sync path (gateway/views.py) and the async one.
 
 The pipeline calls, in this order (docs/gateway-policies.md "Integration"):
   trace_begin(traceparent)                       once per request, before routing

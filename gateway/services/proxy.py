@@ -11,7 +11,7 @@ import http.client
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,6 +26,7 @@ from urllib3.exceptions import (
     NewConnectionError,
     ReadTimeoutError,
 )
+from urllib3.util import SKIP_HEADER
 
 from common import telemetry
 from common.errors import ApplicationError
@@ -50,7 +51,7 @@ from gateway.services.upstream_errors import (  # shared with the async client (
     next_start,
     pick_target,
 )
-from gateway.types import ResolvedRoute
+from gateway.types import Identity, ResolvedRoute
 
 logger = logging.getLogger("gatehouse.proxy")
 
@@ -178,6 +179,57 @@ def _target(base: str) -> _Target:
         host=parts.netloc,
         path_prefix=parts.path.rstrip("/"),
     )
+
+
+@lru_cache(maxsize=1024)
+def _header_name(meta_key: str) -> str:
+    """HTTP_X_USER_ID → "X-User-Id"."""
+    return "-".join(part.capitalize() for part in meta_key[5:].split("_"))
+
+
+def meta_header_pairs(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A WSGI environ's request headers as (name, value) pairs, for `gateway.services.headers`.
+
+    The WSGI server has already folded repeated request headers into one comma-joined value
+    (equivalent per RFC 9110 §5.3), so one pair per name holds them faithfully.
+    """
+    pairs = [(_header_name(key), value) for key, value in meta.items() if key.startswith("HTTP_")]
+    content_type = meta.get("CONTENT_TYPE")
+    if content_type:
+        pairs.append(("Content-Type", content_type))
+    return pairs
+
+
+def upstream_request_headers(
+    *,
+    meta: Mapping[str, Any],
+    target_host: str,
+    identity: Identity | None,
+    correlation_id: str,
+) -> dict[str, str]:
+    """Headers to send upstream from a WSGI environ / request.META (rules: gateway.services.headers)."""
+    peer = meta.get("REMOTE_ADDR") or ""
+    scheme = meta.get("wsgi.url_scheme", "http")
+    claimed = meta.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip().lower()
+    if claimed in ("http", "https") and peer in header_rules.configured_trusted_proxies():
+        scheme = claimed  # a trusted proxy in front terminated the client's connection
+    headers = dict(
+        header_rules.upstream_request_headers(
+            client_headers=meta_header_pairs(meta),
+            peer=peer,
+            scheme=scheme,
+            host=meta.get("HTTP_HOST") or meta.get("SERVER_NAME", ""),
+            identity=identity,
+            correlation_id=correlation_id,
+            target_host=target_host,
+        )
+    )
+    # A transparent hop: urllib3 / http.client must not add headers the client did not send.
+    if "User-Agent" not in headers:
+        headers["User-Agent"] = SKIP_HEADER
+    if "Accept-Encoding" not in headers:
+        headers["Accept-Encoding"] = SKIP_HEADER
+    return headers
 
 
 def response_headers(raw: urllib3.HTTPResponse) -> list[tuple[str, str]]:

@@ -4,18 +4,17 @@ Lines are captured from the handler that settings.LOGGING configures (its JSON f
 correlation filter), by pointing its stream at a buffer for the test.
 """
 
-import asyncio
 import contextvars
 import io
 import json
 import logging
 
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory
 
 from common.correlation import get_correlation_id
 from common.logging import CorrelationIdFilter, JsonFormatter
-from gateway import asgi as gateway_asgi
+from gateway import views as gateway_views
 
 pytestmark = pytest.mark.django_db
 
@@ -62,60 +61,32 @@ def test_log_lines_of_a_request_are_json_with_its_correlation_id(log_lines):
 
 
 def call_lean_gateway(path: str, **headers: str) -> tuple[str, dict[str, str], bytes]:
-    """One request through the production `/gw` application (gateway/asgi.py), driven in-process
-    as the ASGI server drives it (same scope, receive and send)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")]
-        + [(name[5:].lower().replace("_", "-").encode(), value.encode()) for name, value in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    messages: list[dict] = []
+    """One request through the production `/gw` entrance (config/wsgi.py's GatewayDispatch)."""
+    environ = RequestFactory().get(path, **headers).environ
+    started: dict[str, object] = {}
 
-    async def run() -> None:
-        body_sent = False
-        never = asyncio.Event()
+    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
+        started.update(status=status, headers=dict(response_headers))
 
-        async def receive() -> dict:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await never.wait()  # the client stays connected
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            messages.append(message)
-
-        await gateway_asgi.application(scope, receive, send)
-
-    asyncio.run(run())
-    start = next(m for m in messages if m["type"] == "http.response.start")
-    response_headers = {name.decode().lower(): value.decode() for name, value in start["headers"]}
-    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-    return str(start["status"]), response_headers, body
+    body_iterable = gateway_views.GatewayDispatch(lambda env, start: [])(environ, start_response)
+    try:
+        body = b"".join(body_iterable)
+    finally:
+        body_iterable.close()
+    return started["status"], started["headers"], body  # type: ignore[return-value]
 
 
 def test_unexpected_error_in_the_lean_gateway_entrance_is_problem_json_and_logged(monkeypatch, log_lines):
-    async def crash(ctx, gate):  # type: ignore[no-untyped-def]
+    def crash(request):
         raise RuntimeError("a bug in the pipeline")
 
-    monkeypatch.setattr(gateway_asgi, "gateway_pipeline", crash)
+    monkeypatch.setattr(gateway_views, "gateway_handle", crash)
 
     status, headers, body = call_lean_gateway("/gw/anything", HTTP_X_CORRELATION_ID="lean-corr-1")
 
     assert status.startswith("500")
-    assert headers["content-type"] == "application/problem+json"
-    assert headers["x-correlation-id"] == "lean-corr-1"
+    assert headers["Content-Type"] == "application/problem+json"
+    assert headers["X-Correlation-ID"] == "lean-corr-1"
     problem = json.loads(body)
     assert problem["correlation_id"] == "lean-corr-1"
     assert b"a bug in the pipeline" not in body and b"Traceback" not in body
@@ -155,10 +126,10 @@ def test_correlation_id_does_not_leak_between_requests_through_the_lean_gateway(
 
     (_, first_headers, first_body), (_, second_headers, second_body), current = in_fresh_context(work)
 
-    assert first_headers["x-correlation-id"] == "first-gw-request"
+    assert first_headers["X-Correlation-ID"] == "first-gw-request"
     assert json.loads(first_body)["correlation_id"] == "first-gw-request"
-    assert second_headers["x-correlation-id"] not in ("", "first-gw-request")
-    assert json.loads(second_body)["correlation_id"] == second_headers["x-correlation-id"]
+    assert second_headers["X-Correlation-ID"] not in ("", "first-gw-request")
+    assert json.loads(second_body)["correlation_id"] == second_headers["X-Correlation-ID"]
     assert current == ""
     after = [line for line in log_lines() if line["logger"] == "tests.after"]
     assert after[0]["correlation_id"] == ""
