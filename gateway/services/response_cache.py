@@ -73,6 +73,83 @@ def _key(*, route: ResolvedRoute, path: str, query_string: str, identity: Identi
     return f"responses:{route.id}:{route.version}:{digest}"
 
 
+def _lookup_key(
+    *,
+    route: ResolvedRoute,
+    method: str,
+    path: str,
+    query_string: str,
+    identity: Identity | None,
+    request_headers: list[tuple[str, str]],
+) -> str | None:
+    """The key to look up for this request, or None when it must not be served from the cache."""
+    if not response_cache_applies(route=route, method=method):
+        return None
+    if not cache_lookup_allowed(request_headers=request_headers, shared=not route.auth_required):
+        return None
+    return _key(route=route, path=path, query_string=query_string, identity=identity)
+
+
+def _variant_key(key: str, stored: tuple | None, request_headers: list[tuple[str, str]]) -> str | None:
+    """Where the variant for this request lives when `stored` is a Vary marker, else None."""
+    if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == _VARY_MARKER:
+        return f"{key}:{vary_digest(request_headers=request_headers, names=tuple(stored[1]))}"
+    return None
+
+
+def _answer(stored: tuple | None, method: str) -> CachedResponse | None:
+    """A decoded entry as the answer (with its Age), counted as a hit; anything else a miss."""
+    if not isinstance(stored, tuple) or len(stored) != 4:
+        cache_miss("responses")
+        return None
+    cache_hit("responses")
+    status, headers, body, stored_at = stored
+    age = max(0, int(time.time() - stored_at))
+    return CachedResponse(
+        status=status,
+        headers=[*headers, ("Age", str(age))],
+        body=b"" if method == "HEAD" else body,
+    )
+
+
+def _entries(
+    *,
+    route: ResolvedRoute,
+    method: str,
+    path: str,
+    query_string: str,
+    identity: Identity | None,
+    request_headers: list[tuple[str, str]],
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> dict[str, tuple] | None:
+    """What to store for this answer (key → entry, before `_encode`), or None when
+    `cache_rules.response_storable` does not allow it (RFC 9111 §3, §3.5, Vary as a secondary key)."""
+    if method != "GET" or not response_cache_applies(route=route, method=method):
+        return None
+    if not response_storable(
+        request_headers=request_headers,
+        shared=not route.auth_required,
+        status=status,
+        response_headers=headers,
+        body_size=len(body),
+        max_bytes=response_cache_max_bytes(),
+    ):
+        return None
+    key = _key(route=route, path=path, query_string=query_string, identity=identity)
+    if key is None:
+        return None
+    names = vary_names(response_headers=headers) or ()
+    kept = [(name, value) for name, value in headers if name.lower() not in _NOT_STORED]
+    value = (status, kept, bytes(body), time.time())
+    if not names:
+        return {key: value}
+    # The primary key says which request headers select the variant; each variant has its own.
+    variant = f"{key}:{vary_digest(request_headers=request_headers, names=names)}"
+    return {variant: value, key: (_VARY_MARKER, names)}
+
+
 def response_cache_get(
     *,
     route: ResolvedRoute,
@@ -87,29 +164,22 @@ def response_cache_get(
     `request_headers`: the client's request headers as (name, value) pairs (for Cookie,
     Authorization, Cache-Control and the headers a stored response varies on).
     """
-    if not response_cache_applies(route=route, method=method):
-        return None
     request_headers = list(request_headers)
-    if not cache_lookup_allowed(request_headers=request_headers, shared=not route.auth_required):
-        return None
-    key = _key(route=route, path=path, query_string=query_string, identity=identity)
+    key = _lookup_key(
+        route=route,
+        method=method,
+        path=path,
+        query_string=query_string,
+        identity=identity,
+        request_headers=request_headers,
+    )
     if key is None:
         return None
     stored = _decode(shared_cache_call(lambda: cache.get(key), None))
-    if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == _VARY_MARKER:
-        variant = f"{key}:{vary_digest(request_headers=request_headers, names=tuple(stored[1]))}"
+    variant = _variant_key(key, stored, request_headers)
+    if variant is not None:
         stored = _decode(shared_cache_call(lambda: cache.get(variant), None))
-    if not isinstance(stored, tuple) or len(stored) != 4:
-        cache_miss("responses")
-        return None
-    cache_hit("responses")
-    status, headers, body, stored_at = stored
-    age = max(0, int(time.time() - stored_at))
-    return CachedResponse(
-        status=status,
-        headers=[*headers, ("Age", str(age))],
-        body=b"" if method == "HEAD" else body,
-    )
+    return _answer(stored, method)
 
 
 def response_cache_set(
@@ -124,35 +194,21 @@ def response_cache_set(
     headers: list[tuple[str, str]],
     body: bytes,
 ) -> None:
-    """Store a GET response when `cache_rules.response_storable` allows it (RFC 9111 §3, §3.5,
-    Vary as a secondary key); anything else is silently not stored."""
-    if method != "GET" or not response_cache_applies(route=route, method=method):
-        return
-    request_headers = list(request_headers)
-    if not response_storable(
-        request_headers=request_headers,
-        shared=not route.auth_required,
+    """Store a GET response when the cache rules allow it; anything else is silently not stored."""
+    entries = _entries(
+        route=route,
+        method=method,
+        path=path,
+        query_string=query_string,
+        identity=identity,
+        request_headers=list(request_headers),
         status=status,
-        response_headers=headers,
-        body_size=len(body),
-        max_bytes=response_cache_max_bytes(),
-    ):
-        return
-    key = _key(route=route, path=path, query_string=query_string, identity=identity)
-    if key is None:
-        return
-    names = vary_names(response_headers=headers) or ()
-    kept = [(name, value) for name, value in headers if name.lower() not in _NOT_STORED]
-    value = (status, kept, bytes(body), time.time())
-    ttl = route.cache_ttl_seconds
-    if names:
-        # The primary key says which request headers select the variant; each variant has its own.
-        variant = f"{key}:{vary_digest(request_headers=request_headers, names=names)}"
-        entries = {variant: _encode(value), key: _encode((_VARY_MARKER, names))}
-        shared_cache_call(lambda: cache.set_many(entries, ttl), None)
-    else:
-        encoded = _encode(value)
-        shared_cache_call(lambda: cache.set(key, encoded, ttl), None)
+        headers=headers,
+        body=body,
+    )
+    if entries:
+        encoded = {key: _encode(value) for key, value in entries.items()}
+        shared_cache_call(lambda: cache.set_many(encoded, route.cache_ttl_seconds), None)
 
 
 def _encode(value: tuple) -> dict:
@@ -269,26 +325,22 @@ async def response_cache_aget(
     request_headers: HeaderPairs,
 ) -> CachedResponse | None:
     """`response_cache_get` for the event loop."""
-    if not response_cache_applies(route=route, method=method):
-        return None
     request_headers = list(request_headers)
-    if not cache_lookup_allowed(request_headers=request_headers, shared=not route.auth_required):
-        return None
-    key = _key(route=route, path=path, query_string=query_string, identity=identity)
+    key = _lookup_key(
+        route=route,
+        method=method,
+        path=path,
+        query_string=query_string,
+        identity=identity,
+        request_headers=request_headers,
+    )
     if key is None:
         return None
     stored = await _aget(key)
-    if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == _VARY_MARKER:
-        stored = await _aget(f"{key}:{vary_digest(request_headers=request_headers, names=tuple(stored[1]))}")
-    if not isinstance(stored, tuple) or len(stored) != 4:
-        cache_miss("responses")
-        return None
-    cache_hit("responses")
-    status, headers, body, stored_at = stored
-    age = max(0, int(time.time() - stored_at))
-    return CachedResponse(
-        status=status, headers=[*headers, ("Age", str(age))], body=b"" if method == "HEAD" else body
-    )
+    variant = _variant_key(key, stored, request_headers)
+    if variant is not None:
+        stored = await _aget(variant)
+    return _answer(stored, method)
 
 
 async def response_cache_aset(
@@ -304,26 +356,16 @@ async def response_cache_aset(
     body: bytes,
 ) -> None:
     """`response_cache_set` for the event loop."""
-    if method != "GET" or not response_cache_applies(route=route, method=method):
-        return
-    request_headers = list(request_headers)
-    if not response_storable(
-        request_headers=request_headers,
-        shared=not route.auth_required,
+    entries = _entries(
+        route=route,
+        method=method,
+        path=path,
+        query_string=query_string,
+        identity=identity,
+        request_headers=list(request_headers),
         status=status,
-        response_headers=headers,
-        body_size=len(body),
-        max_bytes=response_cache_max_bytes(),
-    ):
-        return
-    key = _key(route=route, path=path, query_string=query_string, identity=identity)
-    if key is None:
-        return
-    names = vary_names(response_headers=headers) or ()
-    kept = [(name, value) for name, value in headers if name.lower() not in _NOT_STORED]
-    value = (status, kept, bytes(body), time.time())
-    if names:
-        variant = f"{key}:{vary_digest(request_headers=request_headers, names=names)}"
-        await _aset_many({variant: value, key: (_VARY_MARKER, names)}, route.cache_ttl_seconds)
-    else:
-        await _aset_many({key: value}, route.cache_ttl_seconds)
+        headers=headers,
+        body=body,
+    )
+    if entries:
+        await _aset_many(entries, route.cache_ttl_seconds)

@@ -175,7 +175,7 @@ def test_unset_the_span_sdk_and_exporter_are_not_even_imported():
 
     probe = json.loads(output.strip().splitlines()[-1])
     assert probe["started"] is False
-    assert "common.telemetry" in probe["modules"] and "gateway.views" in probe["modules"]
+    assert "common.telemetry" in probe["modules"] and "gateway.asgi" in probe["modules"]
     assert [m for m in probe["modules"] if m.startswith(_EXPORT_MODULES)] == []
 
 
