@@ -23,13 +23,12 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from common.correlation import get_correlation_id
 from common.errors import Conflict, NotFound
-from orders.models import ProcessedEvent
 from outbox.services import outbox_publish
 from sagas import metrics
 from sagas.definitions import (
@@ -544,29 +543,34 @@ def saga_wait_complete(
     in processed_events, succeed the step (compare-and-set) and advance. False for a duplicate
     or when the saga no longer waits on it."""
     now = now or timezone.now()
-    try:
-        with transaction.atomic():
-            ProcessedEvent.objects.create(
-                event_id=event_id,
-                consumer_group_name=consumer_group_name,
-                processed_at=now,
-                outcome=step_name,
-            )
-    except IntegrityError:
-        return False
+    # Recorded once per (consumer group, event): one INSERT … ON CONFLICT DO NOTHING, instead of
+    # a savepoint around an INSERT that may violate the unique constraint.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome) "
+            "VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id",
+            [event_id, consumer_group_name, now, step_name],
+        )
+        if cursor.fetchone() is None:
+            return False
     if saga.status != SagaStatus.RUNNING:
         return False
-    row = SagaStep.objects.filter(saga=saga, name=step_name, kind=StepKind.ACTION).first()
-    if row is None or not SagaStep.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
-        status=StepStatus.SUCCEEDED,
-        finished_at=now,
-        duration_ms=(now - (row.started_at or now)).total_seconds() * 1000,
-    ):
+    # The wait step succeeds by compare-and-set (running → succeeded), found and changed in one
+    # statement; its duration is measured from when it started waiting.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE sagas_step SET status = 'succeeded', finished_at = %(now)s, "
+            "duration_ms = EXTRACT(EPOCH FROM (%(now)s - COALESCE(started_at, %(now)s))) * 1000 "
+            "WHERE saga_id = %(saga)s AND name = %(name)s AND kind = 'action' AND status = 'running' "
+            "RETURNING position",
+            {"now": now, "saga": saga.pk, "name": step_name},
+        )
+        row = cursor.fetchone()
+    if row is None:
         return False
-    if update:
-        saga.context = {**saga.context, **update}
-        SagaInstance.objects.filter(pk=saga.pk).update(context=saga.context)
-    _advance(saga, definition, after=row.position, now=now)
+    fields = {"context": {**saga.context, **update}} if update else {}
+    _advance(saga, definition, after=row[0], now=now, fields=fields)
     return True
 
 
