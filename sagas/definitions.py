@@ -112,3 +112,7 @@ def saga_register(definition: type[SagaDefinition]) -> type[SagaDefinition]:
 
 def saga_definition(saga_type: str) -> type[SagaDefinition]:
     return _registry[saga_type]
+
+
+def saga_definitions() -> dict[str, type[SagaDefinition]]:
+    return dict(_registry)

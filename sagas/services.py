@@ -12,6 +12,7 @@ lease cannot overwrite the attempt that replaced it.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -22,13 +23,12 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from common.correlation import get_correlation_id
 from common.errors import Conflict, NotFound
-from orders.models import ProcessedEvent
 from outbox.services import outbox_publish
 from sagas import metrics
 from sagas.definitions import (
@@ -39,6 +39,7 @@ from sagas.definitions import (
     StepRetry,
     StepSkipped,
     saga_definition,
+    saga_definitions,
 )
 from sagas.models import SagaInstance, SagaStatus, SagaStep, StepKind, StepStatus
 
@@ -170,96 +171,181 @@ def saga_start(
             saga_type=saga_type,
             status=SagaStatus.RUNNING,
             context=context,
+            current_step="" if definition.steps[0].is_wait else definition.steps[0].name,
             reference=str(reference),
             correlation_id=get_correlation_id() or "",
             created_at=now,
             updated_at=now,
         )
+        # The first action step is scheduled as it is written (what `_advance` would do after
+        # reading it back): three INSERTs in the caller's transaction, no UPDATE.
+        first = definition.steps[0]
+        scheduled = not first.is_wait
         SagaStep.objects.bulk_create(
             [
-                SagaStep(saga=saga, name=step.name, kind=StepKind.ACTION, position=position)
+                SagaStep(
+                    saga=saga,
+                    name=step.name,
+                    kind=StepKind.ACTION,
+                    position=position,
+                    not_before=now if scheduled and position == 0 else None,
+                )
                 for position, step in enumerate(definition.steps)
             ]
         )
         _event(saga, SAGA_STARTED)
         _count_on_commit(saga_type, "started")
-        _advance(saga, definition, after=-1, now=now)
+        if scheduled:
+            _enqueue_on_commit(saga, first.name, StepKind.ACTION)
+        else:
+            _advance(saga, definition, after=-1, now=now)
     return saga
 
 
-def _advance(saga: SagaInstance, definition: type[SagaDefinition], *, after: int, now: datetime) -> None:
-    """Start the next action step after position `after`, or complete the saga."""
-    following = (
-        SagaStep.objects.filter(
-            saga=saga, kind=StepKind.ACTION, position__gt=after, status=StepStatus.PENDING
-        )
-        .order_by("position")
-        .first()
-    )
+# The next pending action step after a position, scheduled in the same statement that finds it:
+# a wait step becomes running (waiting for its event), an action step gets not_before = now.
+_ADVANCE_SQL = """
+UPDATE sagas_step SET
+    status = CASE WHEN name = ANY(%(waits)s) THEN 'running' ELSE status END,
+    attempts = CASE WHEN name = ANY(%(waits)s) THEN 1 ELSE attempts END,
+    started_at = CASE WHEN name = ANY(%(waits)s) THEN %(now)s ELSE started_at END,
+    not_before = CASE WHEN name = ANY(%(waits)s) THEN NULL ELSE %(now)s END
+WHERE id = (
+    SELECT id FROM sagas_step
+    WHERE saga_id = %(saga)s AND kind = 'action' AND position > %(after)s AND status = 'pending'
+    ORDER BY position LIMIT 1
+) AND status = 'pending'
+RETURNING id, name, position
+"""
+
+
+def _advance(
+    saga: SagaInstance,
+    definition: type[SagaDefinition],
+    *,
+    after: int,
+    now: datetime,
+    fields: dict[str, Any] | None = None,
+) -> None:
+    """Start the next action step after position `after`, or complete the saga. `fields` (a
+    context update) ride on the saga's compare-and-set UPDATE."""
+    fields = fields or {}
+    waits = [step.name for step in definition.steps if step.is_wait]
+    with connection.cursor() as cursor:
+        cursor.execute(_ADVANCE_SQL, {"waits": waits, "now": now, "saga": saga.pk, "after": after})
+        following = cursor.fetchone()
     if following is None:
-        _finish(saga, expected=SagaStatus.RUNNING, status=SagaStatus.COMPLETED, event=SAGA_COMPLETED, now=now)
+        _finish(
+            saga,
+            expected=SagaStatus.RUNNING,
+            status=SagaStatus.COMPLETED,
+            event=SAGA_COMPLETED,
+            now=now,
+            **fields,
+        )
         return
-    step = definition.step(following.name)
+    step_pk, name, position = following
+    step = definition.step(name)
     if step.is_wait:
         # A wait step is "running" from now until its event arrives or its deadline passes.
-        SagaStep.objects.filter(pk=following.pk, status=StepStatus.PENDING).update(
-            status=StepStatus.RUNNING, attempts=1, started_at=now, not_before=None
-        )
+        if fields:  # the hook and the deadline see the updated context
+            for key, value in fields.items():
+                setattr(saga, key, value)
         if definition.wait_satisfied(saga, step.name):
             # Its event came before the step started (a payment during the reservation).
-            SagaStep.objects.filter(pk=following.pk).update(status=StepStatus.SUCCEEDED, finished_at=now)
-            _advance(saga, definition, after=following.position, now=now)
+            SagaStep.objects.filter(pk=step_pk).update(status=StepStatus.SUCCEEDED, finished_at=now)
+            _advance(saga, definition, after=position, now=now, fields=fields)
             return
         deadline = step.deadline(saga) if step.deadline else None
-        _saga_set(saga, expected=SagaStatus.RUNNING, now=now, current_step=step.name, deadline=deadline)
+        _saga_set(
+            saga, expected=SagaStatus.RUNNING, now=now, current_step=step.name, deadline=deadline, **fields
+        )
         return
-    SagaStep.objects.filter(pk=following.pk).update(not_before=now)
-    _saga_set(saga, expected=SagaStatus.RUNNING, now=now, current_step=step.name, deadline=None)
+    _saga_set(saga, expected=SagaStatus.RUNNING, now=now, current_step=step.name, deadline=None, **fields)
     _enqueue_on_commit(saga, step.name, StepKind.ACTION)
 
 
 # --- running a step -------------------------------------------------------------------------
-def _claim(*, saga_id: str, name: str, kind: str, lease: timedelta, now: datetime) -> SagaStep | None:
+# The claim and the load in one statement (autocommit: it commits before the action runs): a
+# pending step once scheduled (not_before set by _advance, a retry, resume), or a running one
+# whose lease expired → running, attempts + 1, a fresh lease (per saga type, from its definition).
+_CLAIM_SQL = """
+UPDATE sagas_step AS s SET
+    status = 'running',
+    attempts = s.attempts + 1,
+    lease_expires_at = %(now)s + make_interval(secs => (%(leases)s::jsonb ->> i.saga_type)::float8),
+    started_at = %(now)s,
+    not_before = NULL
+FROM sagas_instance AS i
+WHERE i.id = %(saga)s AND s.saga_id = i.id AND s.name = %(name)s AND s.kind = %(kind)s
+  AND i.status = %(saga_status)s AND %(leases)s::jsonb ? i.saga_type
+  AND ((s.status = 'pending' AND s.not_before <= %(now)s)
+       OR (s.status = 'running' AND s.lease_expires_at <= %(now)s))
+RETURNING s.id, s.position, s.attempts, i.saga_type, i.reference, i.context
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    pk: int
+    name: str
+    kind: str
+    position: int
+    attempts: int
+    saga_type: str
+    reference: str
+    context: dict[str, Any]
+
+
+def _claim(*, saga_id: str, name: str, kind: str, now: datetime) -> _Claimed | None:
     """Compare-and-set the step to running under a fresh lease; None when another holds it,
     it is finished, its backoff is not over, or the saga is not in the matching state."""
     saga_status = SagaStatus.RUNNING if kind == StepKind.ACTION else SagaStatus.COMPENSATING
-    with transaction.atomic():
-        # A pending step is claimable once scheduled (not_before set by _advance, a retry, resume).
-        claimable = Q(status=StepStatus.PENDING, not_before__lte=now)
-        claimable |= Q(status=StepStatus.RUNNING, lease_expires_at__lte=now)
-        updated = (
-            SagaStep.objects.filter(claimable, saga_id=saga_id, name=name, kind=kind)
-            .filter(saga__status=saga_status)
-            .update(
-                status=StepStatus.RUNNING,
-                attempts=F("attempts") + 1,
-                lease_expires_at=now + lease,
-                started_at=now,
-                not_before=None,
-            )
+    leases = {}
+    for saga_type, definition in saga_definitions().items():
+        try:
+            leases[saga_type] = _lease(definition.step(name)).total_seconds()
+        except KeyError:
+            continue
+    try:
+        saga_pk = uuid.UUID(str(saga_id))
+    except ValueError:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM_SQL,
+            {
+                "now": now,
+                "leases": json.dumps(leases),
+                "saga": saga_pk,
+                "name": name,
+                "kind": kind,
+                "saga_status": saga_status,
+            },
         )
-        if not updated:
-            return None
-        return SagaStep.objects.select_related("saga").get(saga_id=saga_id, name=name, kind=kind)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, position, attempts, saga_type, reference, context = row
+    if isinstance(context, str):
+        context = json.loads(context)
+    return _Claimed(pk, name, kind, position, attempts, saga_type, reference, context)
 
 
 def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = None) -> StepRunResult:
     """Claim, run (no transaction open) and record one attempt of a step. Idempotent: a
     duplicate message finds the step claimed or finished and does nothing."""
     now = now or timezone.now()
-    head = SagaInstance.objects.filter(pk=saga_id).values("saga_type").first()
-    if head is None:
-        return StepRunResult("not_claimed")
-    definition = saga_definition(head["saga_type"])
-    step = definition.step(name)
-    claimed = _claim(saga_id=saga_id, name=name, kind=kind, lease=_lease(step), now=now)
+    claimed = _claim(saga_id=saga_id, name=name, kind=kind, now=now)
     if claimed is None:
         return StepRunResult("not_claimed")
+    definition = saga_definition(claimed.saga_type)
+    step = definition.step(name)
     function = step.action if kind == StepKind.ACTION else step.compensation
     suffix = step.idempotency_suffix if kind == StepKind.ACTION else name
     call = StepCall(
         saga_id=str(saga_id),
-        context=dict(claimed.saga.context),
+        context=dict(claimed.context),
         idempotency_key=f"{saga_id}:{suffix}",
         attempt=claimed.attempts,
     )
@@ -286,7 +372,7 @@ def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = 
         if outcome == "retry" and claimed.attempts >= _max_attempts(step):
             outcome = "failed"
     duration = time.perf_counter() - started
-    metrics.STEP_DURATION.labels(head["saga_type"], name, outcome).observe(duration)
+    metrics.STEP_DURATION.labels(claimed.saga_type, name, outcome).observe(duration)
     recorded = _step_record(
         saga_id=saga_id,
         step_row=claimed,
@@ -305,7 +391,7 @@ def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = 
 def _step_record(
     *,
     saga_id: str,
-    step_row: SagaStep,
+    step_row: _Claimed,
     step: Step,
     definition: type[SagaDefinition],
     outcome: str,
@@ -314,7 +400,10 @@ def _step_record(
     duration_ms: float,
     now: datetime,
 ) -> bool:
-    saga, _ = _lock(saga_id)
+    """Record the attempt, advance and enqueue the next step, in ONE transaction. The claim
+    returned the saga's type and reference, so the locks are taken without reading them again."""
+    definition.lock_related(step_row.reference)
+    saga = SagaInstance.objects.select_for_update().get(pk=saga_id)
     fenced = SagaStep.objects.filter(pk=step_row.pk, status=StepStatus.RUNNING, attempts=step_row.attempts)
     common = {"last_error": error[:2000], "duration_ms": duration_ms, "lease_expires_at": None}
     if outcome == "retry":
@@ -332,11 +421,16 @@ def _step_record(
     if not fenced.update(status=status, finished_at=now, **common):
         return False
     action = step_row.kind == StepKind.ACTION
+    fields: dict[str, Any] = {}
     if action and outcome == "succeeded" and update:
-        saga.context = {**saga.context, **update}
-        SagaInstance.objects.filter(pk=saga.pk).update(context=saga.context)
+        context = {**saga.context, **update}
+        if saga.status == SagaStatus.RUNNING and outcome in ("succeeded", "skipped"):
+            fields["context"] = context  # written by the advance's compare-and-set UPDATE
+        else:
+            saga.context = context
+            SagaInstance.objects.filter(pk=saga.pk).update(context=context)
     if action and outcome in ("succeeded", "skipped"):
-        _advance(saga, definition, after=step_row.position, now=now)
+        _advance(saga, definition, after=step_row.position, now=now, fields=fields)
     elif action:
         reason = (update or {}).get("_reason") or f"{step_row.name}_failed"
         _compensation_begin(saga, definition, reason=reason, now=now)
@@ -449,29 +543,34 @@ def saga_wait_complete(
     in processed_events, succeed the step (compare-and-set) and advance. False for a duplicate
     or when the saga no longer waits on it."""
     now = now or timezone.now()
-    try:
-        with transaction.atomic():
-            ProcessedEvent.objects.create(
-                event_id=event_id,
-                consumer_group_name=consumer_group_name,
-                processed_at=now,
-                outcome=step_name,
-            )
-    except IntegrityError:
-        return False
+    # Recorded once per (consumer group, event): one INSERT … ON CONFLICT DO NOTHING, instead of
+    # a savepoint around an INSERT that may violate the unique constraint.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome) "
+            "VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id",
+            [event_id, consumer_group_name, now, step_name],
+        )
+        if cursor.fetchone() is None:
+            return False
     if saga.status != SagaStatus.RUNNING:
         return False
-    row = SagaStep.objects.filter(saga=saga, name=step_name, kind=StepKind.ACTION).first()
-    if row is None or not SagaStep.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
-        status=StepStatus.SUCCEEDED,
-        finished_at=now,
-        duration_ms=(now - (row.started_at or now)).total_seconds() * 1000,
-    ):
+    # The wait step succeeds by compare-and-set (running → succeeded), found and changed in one
+    # statement; its duration is measured from when it started waiting.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE sagas_step SET status = 'succeeded', finished_at = %(now)s, "
+            "duration_ms = EXTRACT(EPOCH FROM (%(now)s - COALESCE(started_at, %(now)s))) * 1000 "
+            "WHERE saga_id = %(saga)s AND name = %(name)s AND kind = 'action' AND status = 'running' "
+            "RETURNING position",
+            {"now": now, "saga": saga.pk, "name": step_name},
+        )
+        row = cursor.fetchone()
+    if row is None:
         return False
-    if update:
-        saga.context = {**saga.context, **update}
-        SagaInstance.objects.filter(pk=saga.pk).update(context=saga.context)
-    _advance(saga, definition, after=row.position, now=now)
+    fields = {"context": {**saga.context, **update}} if update else {}
+    _advance(saga, definition, after=row[0], now=now, fields=fields)
     return True
 
 
