@@ -33,15 +33,14 @@ from common.correlation import (
     set_correlation_id,
 )
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed, problem_response
-from common.tracing import reset_trace_id
 from gateway import metrics
 from gateway.models import SAFE_METHODS
 from gateway.policies import runner as policy
-from gateway.policies.base import PolicyState
-from gateway.policies.registry import EMPTY, route_policies
+from gateway.policies.registry import route_policies
 from gateway.routing import route_resolve, route_upstream_path
 from gateway.services.auth import request_identity
 from gateway.services.idempotency import gateway_idempotency
+from gateway.services.pipeline import Gate
 from gateway.services.proxy import (
     UpstreamResponse,
     meta_header_pairs,
@@ -202,21 +201,6 @@ def _proxy(
     return _from_upstream(upstream)
 
 
-class _Gate:
-    """The request's policies, policy view, per-request policy state and trace (docs/gateway-policies.md)."""
-
-    __slots__ = ("policies", "request", "state", "trace", "_token")
-
-    def __init__(self, traceparent: str | None) -> None:
-        self.policies = EMPTY
-        self.request: Any = None
-        self.state = PolicyState()
-        self.trace, self._token = policy.trace_begin(traceparent)
-
-    def close(self) -> None:
-        reset_trace_id(self._token)
-
-
 def _with_headers(response: HttpResponseBase, headers: list[tuple[str, str]]) -> HttpResponseBase:
     """Replace a response's headers, keeping repeated ones (joined where the class cannot repeat)."""
     repeatable = isinstance(response, _RepeatedHeadersMixin)
@@ -273,7 +257,7 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
     started = time.perf_counter()
     method = request.method or "GET"
     result: GatewayResult | None = None
-    gate = _Gate(request.META.get("HTTP_TRACEPARENT"))
+    gate = Gate(request.META.get("HTTP_TRACEPARENT"))
     with telemetry.span(
         "gateway.request", kind="server", trace=gate.trace, attributes={"http.request.method": method}
     ) as span:
@@ -300,7 +284,7 @@ def gateway_handle(request: HttpRequest) -> HttpResponseBase:
             span.set_status_code(status)
 
 
-def gateway_pipeline(request: HttpRequest, method: str, gate: _Gate) -> GatewayResult:
+def gateway_pipeline(request: HttpRequest, method: str, gate: Gate) -> GatewayResult:
     """The named steps of one request; a domain error at any step is its problem+json answer
     (with the route label once the route is known)."""
     meta = request.META
@@ -318,7 +302,7 @@ def gateway_pipeline(request: HttpRequest, method: str, gate: _Gate) -> GatewayR
 
 
 def _after_route(
-    request: HttpRequest, method: str, match: RouteMatch, path: str, gate: _Gate
+    request: HttpRequest, method: str, match: RouteMatch, path: str, gate: Gate
 ) -> HttpResponseBase:
     """policies before auth → identity → rate limit → body → response cache → idempotency →
     proxy → response cache store (docs/gateway-policies.md)."""
