@@ -35,6 +35,7 @@ _django_wsgi = get_wsgi_application()
 from django.conf import settings  # noqa: E402
 
 from common import telemetry  # noqa: E402
+from config.server.gc_tuning import gc_tune  # noqa: E402
 from config.server.hostcheck import host_problem  # noqa: E402
 from config.server.lifespan import MountedLifespan  # noqa: E402
 from config.server.problems import problem_parts  # noqa: E402
@@ -100,6 +101,7 @@ class Entrance:
         except Exception as exc:
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
+        gc_tune(settings.WEB_GC_THRESHOLDS)  # what start-up made is long-lived: never scanned again
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         await self.gateway_lifespan.shutdown()

@@ -46,21 +46,13 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 CLIENT_CLOSED = 499  # recorded (never sent) for a client that went away before its answer
 
 
-def _first(headers: list[tuple[bytes, bytes]], *names: bytes) -> str | None:
-    for wanted in names:
-        for name, value in headers:
-            if name == wanted:
-                return value.decode("latin-1")
-    return None
-
-
 async def gateway_handle(scope: dict[str, Any], receive: Any, send: Any) -> None:
     started = time.perf_counter()
     method = scope["method"]
-    correlation_id = accept_correlation_id(_first(scope["headers"], b"x-correlation-id", b"x-request-id"))
-    token = set_correlation_id(correlation_id)
-    gate = Gate(_first(scope["headers"], b"traceparent"))
     ctx = RequestContext(scope, receive)
+    correlation_id = accept_correlation_id(ctx.header("x-correlation-id") or ctx.header("x-request-id"))
+    token = set_correlation_id(correlation_id)
+    gate = Gate(ctx.header("traceparent"))
     result: GatewayResult | None = None
     with telemetry.span(
         "gateway.request", kind="server", trace=gate.trace, attributes={"http.request.method": method}

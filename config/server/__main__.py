@@ -21,6 +21,12 @@ def main() -> None:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info").lower())
     parser.add_argument("--app", default="config.asgi:application", help="benchmarks only")
     args = parser.parse_args()
+    from config.server.gc_tuning import parse_thresholds
+
+    try:
+        parse_thresholds(settings.WEB_GC_THRESHOLDS)  # applied per worker; refused here, early
+    except ValueError as exc:
+        parser.error(str(exc))
 
     # Thousands of connections per process need file descriptors: use the hard limit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -8,7 +8,7 @@ has already replaced `Host` by its authority (protocol.py).
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from django.http.request import split_domain_port, validate_host
@@ -33,8 +33,14 @@ def host_problem(scope: dict[str, Any]) -> str | None:
         return "An HTTP/1.1 request must carry a Host header."
     if len(hosts) > 1:
         return "More than one Host header."
+    return _single_host_problem(hosts[0])
+
+
+@lru_cache(maxsize=1024)
+def _single_host_problem(value: bytes) -> str | None:
+    """The verdict on one Host value (cached: every request asks, with few distinct values)."""
     try:
-        host = hosts[0].decode("ascii")
+        host = value.decode("ascii")
     except UnicodeDecodeError:
         return "The Host header is not ASCII."
     domain, port = split_domain_port(host)

@@ -23,6 +23,11 @@ line ends), answers parser errors as text/plain and would dispatch a request who
 
 Every such answer is problem+json (problems.py). Keep-alive timeout, back-pressure and the
 SIGTERM drain are uvicorn's own (see docs/gateway-proxy.md, "Server").
+
+Each request's cycle is a `GatehouseCycle` (cycle.py): the response head goes out in the same
+write as the first body chunk (one syscall for a buffered answer, not two), and the app can ask
+to be told when the client goes away without a task of its own waiting on `receive()`
+(`scope["extensions"]["gatehouse.disconnect"]`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from config.server.cycle import DISCONNECT_EXTENSION, GatehouseCycle
 from config.server.problems import problem_bytes, problem_parts
 
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/\d\.\d\r?\n")
@@ -138,6 +144,8 @@ class GatehouseHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's receive() gets http.disconnect, send() is a no-op
             cycle.message_event.set()
+            if isinstance(cycle, GatehouseCycle):
+                cycle.disconnect_fire()
         if self.transport.is_closing():
             return
         if answer:
@@ -157,7 +165,10 @@ class GatehouseHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if isinstance(cycle, GatehouseCycle) and cycle.disconnected:
+            cycle.disconnect_fire()
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -226,6 +237,7 @@ class GatehouseHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._began = False
         self._raw_head = 0
+        scope = self.scope
         if len(self.connections) > self.limits.max_connections:
             app, self.app = self.app, _over_capacity
             try:
@@ -234,6 +246,12 @@ class GatehouseHttpProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is scope and type(cycle) is not GatehouseCycle:
+            # The cycle was made just now and its task has not run yet (it starts on the next
+            # loop step), so it can still become the subclass; the scope names it for the app.
+            cycle.__class__ = GatehouseCycle
+            scope["extensions"] = {**scope.get("extensions", {}), DISCONNECT_EXTENSION: cycle}
         self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:

@@ -193,6 +193,9 @@ WEB_MAX_CONNECTIONS = env.int("WEB_MAX_CONNECTIONS", default=10000)
 WEB_BACKLOG = env.int("WEB_BACKLOG", default=4096)  # listen queue (capped by net.core.somaxconn)
 # SIGTERM: stop accepting, let requests in flight finish for at most this long.
 WEB_GRACEFUL_TIMEOUT = env.int("WEB_GRACEFUL_TIMEOUT", default=20)
+# The cyclic garbage collector's thresholds in each web worker ("gen0,gen1,gen2"; empty: CPython's
+# 700,10,10), applied with gc.freeze() once the worker has started (config/server/gc_tuning.py).
+WEB_GC_THRESHOLDS = env.str("WEB_GC_THRESHOLDS", default="50000,20,100")
 # Largest body buffered for Django (APIs, admin): larger → 413. Chunked bodies are buffered
 # and handed to Django with a Content-Length.
 WEB_MAX_BODY_BYTES = env.int("WEB_MAX_BODY_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)

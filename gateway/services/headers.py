@@ -156,13 +156,19 @@ class TrustedProxies:
             return True
         if not self.networks:
             return False
-        try:
-            ip = ipaddress.ip_address(address.strip().strip("[]"))
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.networks)
+        return _in_networks(self.networks, address)
+
+
+@lru_cache(maxsize=4096)
+def _in_networks(networks: tuple[Network, ...], address: str) -> bool:
+    """Whether `address` is in one of `networks` (cached: asked for every request's peer)."""
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 def trusted_proxies(*, spec: Iterable[str]) -> TrustedProxies:
@@ -211,6 +217,7 @@ def _forwarded_value(value: str) -> str:
     return f'"{escaped}"'
 
 
+@lru_cache(maxsize=4096)
 def _forwarded_node(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address.strip("[]"))

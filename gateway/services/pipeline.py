@@ -51,6 +51,8 @@ from gateway.types import Identity, RouteMatch
 
 T = TypeVar("T")
 UNMATCHED = "unmatched"
+DISCONNECT_EXTENSION = "gatehouse.disconnect"  # config/server/cycle.py (not imported: no server dep)
+_PREFIX_LENGTH = len(settings.GATEWAY_PREFIX)  # a constant of the URL layout, not an env setting
 
 
 class IncompleteBody(ValidationFailed):
@@ -99,6 +101,8 @@ class RequestContext:
         "headers",
         "peer",
         "route_label",
+        "_index",
+        "_signal",
         "_disconnect",
     )
 
@@ -107,33 +111,74 @@ class RequestContext:
         self.receive = receive
         self.method: str = scope["method"]
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        self.path = raw.decode("latin-1")[len(settings.GATEWAY_PREFIX) :] or "/"
+        self.path = raw.decode("latin-1")[_PREFIX_LENGTH:] or "/"
         self.query: bytes = scope.get("query_string", b"")
         self.query_string = self.query.decode("latin-1")
         self.headers: tuple[tuple[str, str], ...] = tuple(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
         )
         client = scope.get("client")
         self.peer: str = client[0] if client else ""
         self.route_label = UNMATCHED  # the matched route's pattern once resolved
+        self._index: dict[str, str] | None = None
+        # The server's disconnect notice (config/server/cycle.py), when it gives one.
+        extensions = scope.get("extensions")
+        self._signal: Any = extensions.get(DISCONNECT_EXTENSION) if extensions else None
         self._disconnect: asyncio.Task[None] | None = None
 
     def header(self, name: str) -> str | None:
         """The value of a request header (lower-case `name`), repeats joined (RFC 9110 §5.3)."""
-        found = [value for key, value in self.headers if key == name]
-        return ", ".join(found) if found else None
+        index = self._index
+        if index is None:  # one pass over the headers, the first time one is asked for
+            index = self._index = {}
+            for key, value in self.headers:
+                key = key.lower()
+                index[key] = f"{index[key]}, {value}" if key in index else value
+        return index.get(name)
 
     # --- the client going away ---------------------------------------------------------------
-    async def _wait_disconnect(self) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
-
     def disconnected(self) -> bool:
+        if self._signal is not None:
+            return self._signal.disconnected
         return self._disconnect is not None and self._disconnect.done()
 
     async def watch(self, awaitable: Awaitable[T]) -> T:
         """Await `awaitable` unless the client disconnects first: then it is cancelled (the
-        upstream connection closes) and ClientDisconnected raised. Only once the body was read."""
+        upstream connection closes) and ClientDisconnected raised. Only once the body was read.
+
+        With the server's disconnect notice this costs no task: the notice cancels this task
+        (the awaitable runs in it) and the cancellation becomes ClientDisconnected here. Any
+        other ASGI server: a task waits on `receive()` beside the work."""
+        signal = self._signal
+        if signal is None:
+            return await self._watch_with_task(awaitable)
+        if signal.disconnected:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise ClientDisconnected()
+        task = asyncio.current_task()
+        fired = False
+
+        def cancel() -> None:  # on the loop, from the protocol's connection_lost
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        signal.disconnect_watch(cancel)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if fired and task.uncancel() == 0:
+                raise ClientDisconnected() from None
+            raise
+        finally:
+            signal.disconnect_watch(None)
+
+    async def _wait_disconnect(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    async def _watch_with_task(self, awaitable: Awaitable[T]) -> T:
         if self._disconnect is None:
             self._disconnect = asyncio.ensure_future(self._wait_disconnect())
         work = asyncio.ensure_future(awaitable)
