@@ -74,9 +74,9 @@ class Entrance:
             return
         raw_path = scope["raw_path"]
         if raw_path.startswith(self.prefix_slash) or raw_path == self.prefix:
-            app = self.gateway
-        else:
-            app = self.django
+            await self._gateway_http(scope, receive, send)
+            return
+        app = self.django
         started = False
 
         async def tracking_send(message: dict[str, Any]) -> None:
@@ -92,6 +92,19 @@ class Entrance:
                 await _send_problem(send, 500, "An unexpected error occurred.")
             else:
                 raise  # the server closes the connection: a half-sent answer cannot be fixed
+
+    async def _gateway_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The gateway answers its own errors; this is the net under it, without wrapping `send`
+        (on the hot path): if the answer had begun, the 500's head is refused (RuntimeError) and
+        the original error goes on to the server, which closes the connection."""
+        try:
+            await self.gateway(scope, receive, send)
+        except Exception as exc:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            try:
+                await _send_problem(send, 500, "An unexpected error occurred.")
+            except RuntimeError:  # the answer had begun: it cannot be fixed, the server closes
+                raise exc from None
 
     async def lifespan(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()  # lifespan.startup

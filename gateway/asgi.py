@@ -42,7 +42,6 @@ from gateway.services.upstream import upstream_close
 
 logger = logging.getLogger("gatehouse.gateway")
 
-_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_CLOSED = 499  # recorded (never sent) for a client that went away before its answer
 
 
@@ -93,8 +92,7 @@ async def gateway_handle(scope: dict[str, Any], receive: Any, send: Any) -> None
 def _record(result: GatewayResult, method: str, started: float) -> None:
     label, status = result.route_label, result.response.status
     duration = time.perf_counter() - started
-    metrics.requests_total.labels(label, method if method in _KNOWN_METHODS else "OTHER", str(status)).inc()
-    metrics.request_duration.labels(label).observe(duration)
+    metrics.request_observe(route=label, method=method, status=status, duration=duration)
     dashboard_record(route=label, status=status, duration=duration)
 
 

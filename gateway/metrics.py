@@ -5,6 +5,7 @@ the status code. Cache sizes are read at scrape time (`collect_cache_keys`, regi
 """
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -33,6 +34,27 @@ upstream_retries = Counter(
 circuit_opened = Counter(
     "gateway_circuit_opened_total", "Times a target's circuit opened, by service.", ["service"]
 )
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def request_observe(*, route: str, method: str, status: int, duration: float) -> None:
+    """Count one /gw request and its time to the response head.
+
+    The labelled children are kept per (route, method, status): `labels()` validates and locks on
+    every call, and this runs for every request. The key space is what the labels already are
+    (route patterns × methods × statuses), so the dict is as bounded as the metric itself."""
+    key = (route, method, status)
+    children = _request_children.get(key)
+    if children is None:
+        label_method = method if method in _KNOWN_METHODS else "OTHER"
+        children = _request_children[key] = (
+            requests_total.labels(route, label_method, str(status)),
+            request_duration.labels(route),
+        )
+    children[0].inc()
+    children[1].observe(duration)
 
 
 def collect_cache_keys() -> Iterable[Metric]:
