@@ -4,7 +4,10 @@
 
 Each candidate serves `benchmarks.asgi_servers:echo` with 2 workers; first a raw-target check
 (`GET /a%2Fb/%7e?tilde=%7e&x=%2F` must give the app raw_path and query_string exactly as sent),
-then wrk. Needs wrk; hypercorn is installed for the benchmark only when missing.
+then wrk, --rounds times, the candidates taking turns so that each round sees the same machine;
+then the median req/s of each and its ratio to uvicorn httptools+uvloop (the production server's
+base). Needs wrk; hypercorn and granian are pip-installed into var/bench/site for the benchmark
+only (not project dependencies).
 """
 
 from __future__ import annotations
@@ -68,18 +71,36 @@ def raw_get(port: int, target: bytes) -> bytes:
     return out.partition(b"\r\n\r\n")[2]
 
 
+def ensure_candidates(site: Path) -> None:
+    for module, package in (("hypercorn", "hypercorn"), ("granian", "granian")):
+        if not (site / module).exists():
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", "--target", str(site), package], check=True
+            )
+
+
 def main() -> None:
-    from benchmarks.gateway import Contender, free_port, run_wrk
+    import os
+    import statistics
+
+    from benchmarks.gateway import SITE, Contender, free_port, run_wrk
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    SITE.mkdir(parents=True, exist_ok=True)
+    ensure_candidates(SITE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(SITE)])}
     target = b"/a%2Fb/%7e?tilde=%7e&x=%2F"
-    for name, _ in commands(0).items():
-        port = free_port()
-        process = subprocess.Popen(commands(port)[name], cwd=ROOT)
-        try:
+    processes: dict[str, tuple[subprocess.Popen, int]] = {}
+    rates: dict[str, list[float]] = {}
+    try:
+        for name in commands(0):
+            port = free_port()
+            process = subprocess.Popen(commands(port)[name], cwd=ROOT, env=env)
+            processes[name] = (process, port)
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -89,18 +110,29 @@ def main() -> None:
                     if time.monotonic() > deadline or process.poll() is not None:
                         raise SystemExit(f"{name} did not start") from None
                     time.sleep(0.2)
-            result = run_wrk(
-                Contender(name, f"http://127.0.0.1:{port}/x?y=1"), args.duration, args.connections
-            )
-            print(
-                f"{name:<26} {result.rps:>8.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-                f"  p99 {result.p99_ms:6.2f} ms"
-                f"  raw target {'kept' if seen == target else 'CHANGED: ' + seen.decode(errors='replace')}",
-                flush=True,
-            )
-        finally:
+            kept = "kept" if seen == target else "CHANGED: " + seen.decode(errors="replace")
+            print(f"{name:<26} raw target {kept}", flush=True)
+        for round_number in range(args.rounds):
+            for name, (_, port) in processes.items():
+                result = run_wrk(
+                    Contender(name, f"http://127.0.0.1:{port}/x?y=1"), args.duration, args.connections
+                )
+                rates.setdefault(name, []).append(result.rps)
+                print(
+                    f"round {round_number} {name:<26} {result.rps:>8.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+                    f"  p99 {result.p99_ms:6.2f} ms",
+                    flush=True,
+                )
+    finally:
+        for process, _ in processes.values():
             process.terminate()
+        for process, _ in processes.values():
             process.wait(timeout=20)
+    base = statistics.median(rates["uvicorn httptools+uvloop"])
+    print(f"\nmedian of {args.rounds} rounds, wrk -c{args.connections}, ratio to uvicorn httptools+uvloop:")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"  {name:<26} {median:>8.0f} req/s  {median / base:5.2f}x")
 
 
 if __name__ == "__main__":
