@@ -212,8 +212,8 @@ class UpstreamResponse:
 class UpstreamStream:
     """Iterates a large upstream body in bounded chunks and always gives the connection back.
 
-    A class rather than a generator: a WSGI server may call close() before the first chunk, and
-    a generator that never started would never run its cleanup.
+    A class rather than a generator: a caller may call close() before the first chunk, and a
+    generator that never started would never run its cleanup.
     """
 
     __slots__ = ("_raw", "_done")
