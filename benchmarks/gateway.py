@@ -1,13 +1,14 @@
 """Gateway throughput against its peers, all measured in ONE run with the same load tool.
 
     .venv/bin/python benchmarks/gateway.py [--duration 10] [--connections 32] [--rounds 2]
-                                           [--servers asgi,gunicorn,granian]
 
 Starts one fast upstream (nginx answering a static 5-byte body; a tiny asyncio server when nginx
 is missing), nginx as a reverse proxy to it, and the project under each production-server
-candidate (same worker and thread counts), then runs `wrk` against every contender and prints
-requests/s, p50/p99 latency and the ratios the issue asks for. The first server of --servers is
-the production one (tests/support/servers.py::server_command); the others are compared with it.
+(the production server, tests/support/servers.py::server_command), then runs `wrk` against every
+contender and prints requests/s, p50/p99 latency and the ratios the issue asks for. `/gw` exists
+only on the production server's ASGI entrance (config/asgi.py), so WSGI servers (gunicorn,
+granian's WSGI interface) are no contenders for it any more; ASGI servers are compared in
+benchmarks/asgi_servers.py.
 
 Needs: wrk (apt-get install wrk), optionally nginx. django-revproxy is pip-installed into
 var/bench/site for the benchmark only (never into requirements.txt). The database is a fresh
@@ -171,20 +172,7 @@ def prepare_project(upstream_url: str) -> dict[str, str]:
 def server_commands(port: int) -> dict[str, list[str]]:
     from tests.support.servers import server_command  # the production command line, one place
 
-    workers = os.environ.get("WEB_WORKERS", "2")
-    threads = os.environ.get("WEB_THREADS", "16")
-    return {
-        "asgi": server_command(port),
-        "gunicorn": [
-            PY, "-m", "gunicorn", "config.wsgi:application", "--config",
-            str(ROOT / "config" / "gunicorn.py"), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-        ],
-        "granian": [
-            PY, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", workers, "--blocking-threads", threads, "--no-access-log",
-            "--log-level", "warning", "config.wsgi:application",
-        ],
-    }  # fmt: skip
+    return {"asgi": server_command(port)}
 
 
 # --- Load -------------------------------------------------------------------------------------
@@ -257,10 +245,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="each contender is measured this often")
-    parser.add_argument("--servers", default="asgi,gunicorn", help="first = production server")
-    parser.add_argument(
-        "--no-django-stack", action="store_true", help="skip the gateway-behind-full-Django contender"
-    )
+    parser.add_argument("--servers", default="asgi", help="first = production server (asgi only)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install -y wrk)")
@@ -298,22 +283,6 @@ def main() -> None:
             for contender in server_contenders:
                 warm(contender.url, contender.headers)
             contenders += server_contenders
-
-        if not args.no_django_stack:
-            # The same gateway view behind Django's URL resolver and middleware, under the
-            # production server: what the lean `/gw` WSGI entrance (config/wsgi.py) is worth.
-            port = free_port()
-            command = [
-                "benchmarks.wsgi_plain:application" if part == "config.wsgi:application" else part
-                for part in server_commands(port)[servers[0]]
-            ]
-            processes.append(subprocess.Popen(command, env=env, cwd=ROOT))
-            stack = Contender(
-                f"gateway via full Django stack [{servers[0]}]", f"http://127.0.0.1:{port}/gw/bench/hello"
-            )
-            wait_http(f"http://127.0.0.1:{port}/healthz")
-            warm(stack.url, stack.headers)
-            contenders.append(stack)
 
         for round_number in range(args.rounds):  # interleaved: background load hits everyone alike
             for contender in contenders:
@@ -356,10 +325,6 @@ def report(contenders: list[Contender], servers: list[str], args: argparse.Names
         print(f"[{server}] full auth path / gateway no-auth = {full_auth / gateway:.2f} (target >= 0.80)")
         if "nginx proxy" in by_name:
             print(f"[{server}] gateway / nginx proxy         = {gateway / by_name['nginx proxy'].rps:.2f}")
-    stack = by_name.get(f"gateway via full Django stack [{servers[0]}]")
-    if stack is not None:
-        lean = by_name[f"gateway [{servers[0]}]"].rps
-        print(f"[{servers[0]}] lean /gw entrance / gateway via full Django stack = {lean / stack.rps:.2f}")
     if len(servers) > 1:
         # The median of the rounds: one lucky round of a server that swings with background load
         # must not decide the choice.

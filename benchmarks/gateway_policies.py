@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/gateway_policies.py [--duration 4] [--connections 32] [--rounds 2]
 
-Same upstream (asyncio, 5-byte body), same production server (gunicorn, tests/support/servers.py),
+Same upstream (asyncio, 5-byte body), same production server (tests/support/servers.py),
 two routes differing only by their policies: `/plain/**` none, `/pol/**` a rate limit that is
 never reached (key "ip", counted in Redis when REDIS_URL is set — one EVALSHA per request) plus
 CORS, requests carrying an allowed `Origin`. wrk runs interleaved rounds; the ratio of the best
@@ -70,7 +70,7 @@ def main() -> None:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )
-        processes.append(subprocess.Popen(server_commands(port)["gunicorn"], env=env, cwd=ROOT))
+        processes.append(subprocess.Popen(server_commands(port)["asgi"], env=env, cwd=ROOT))
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
         origin = {"Origin": "https://app.example"}

@@ -1,8 +1,9 @@
 """gunicorn settings of the previous production server, kept as the BASELINE for benchmarks only.
 
 Production runs `python -m config.server` (uvicorn, config/server/); benchmarks/orders.py
-(`BENCH_SERVER=gunicorn`) and benchmarks/gateway.py (`--servers asgi,gunicorn`) start gunicorn
-with this file to compare (gunicorn is in requirements-dev.txt for that). Not used otherwise.
+(`--servers asgi,gunicorn`) starts gunicorn with this file to compare the Django APIs (gunicorn
+is in requirements-dev.txt for that). It serves config/wsgi.py, which has no `/gw`: the gateway
+exists only on the ASGI entrance. Not used otherwise.
 
 gthread workers: the proxy blocks on upstream sockets, so each worker serves many requests at
 once with threads while the worker count spreads the CPU work over the cores. The choice and the

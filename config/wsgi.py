@@ -1,7 +1,9 @@
-"""WSGI entry point: `/gw/…` goes to the gateway's lean handler, everything else to Django.
+"""The Django WSGI application: the APIs, admin and static files, without `/gw`.
 
-The proxy hop needs none of the middleware stack (sessions, CSRF, auth, messages…); skipping it
-and the URL resolver is most of the gateway's speed (docs/gateway-proxy.md has the figures).
+The production server is ASGI (`python -m config.server`, config/asgi.py), which serves `/gw`
+with the asyncio gateway (gateway/asgi.py) and runs this same Django application for the rest on
+its bridge. This module stays for WSGI tooling: the gthread gunicorn baseline that
+benchmarks/orders.py compares the production server with, and any WSGI host of the Django part.
 """
 
 import os
@@ -9,8 +11,4 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
-django_application = get_wsgi_application()
-
-from gateway.views import GatewayDispatch  # noqa: E402  (needs the configured app)
-
-application = GatewayDispatch(django_application)
+application = get_wsgi_application()

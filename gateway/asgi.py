@@ -6,14 +6,14 @@ Per HTTP request, on the event loop (no thread per request):
 2. the trace context (`policies.trace_begin`: W3C traceparent continued or started);
 3. the pipeline (gateway/services/pipeline.py) → a `GatewayResult`; the route's policies add
    their response headers; any domain error is problem+json, anything else a logged 500;
-4. metrics and the admin dashboard, recorded as the sync path records them (route label,
-   method, status, time to the response head);
+4. metrics and the admin dashboard (route label, method, status, time to the response head);
 5. the answer goes out (gateway/responses.py), a stream chunk by chunk with back-pressure.
 A client that disconnects before its answer cancels the upstream call; it is recorded as 499.
 
 Lifespan: startup creates the database pool and builds the route table (so the first request
-needs no database); shutdown closes the upstream connection pools, flushes the dashboard counts
-and waits for the database pool's calls to end.
+needs no database); shutdown closes the upstream connection pools, flushes the dashboard counts,
+waits for the database pool's calls to end and stops the Redis invalidation listener thread
+(last: the calls before it may still publish or poll).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from gateway.policies import runner as policy
 from gateway.responses import GatewayResponse, internal_error, response_send
 from gateway.routing import resolver
 from gateway.services.db_pool import db_pool, db_pool_shutdown, in_db
+from gateway.services.invalidation import invalidation_listener_stop
 from gateway.services.pipeline import (
     ClientDisconnected,
     Gate,
@@ -114,6 +115,8 @@ async def _shutdown() -> None:
     except Exception:
         logger.exception("flushing the dashboard counts failed")
     await asyncio.to_thread(db_pool_shutdown)
+    if not await asyncio.to_thread(invalidation_listener_stop):
+        logger.warning("the invalidation listener thread did not stop in time")
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -5,7 +5,7 @@ A `GatewayResponse` is what every step returns: status, headers as `(str, str)` 
 a `stream` (an async iterator of chunks). Sending a stream awaits `send` for each chunk, so the
 client's pace (the server's back-pressure) paces the upstream read and nothing accumulates here.
 
-Problem answers (SPEC §2) are built from `common.errors` (the same shape as the sync path).
+Problem answers (SPEC §2) are built from `common.errors` (the same shape as Django's answers).
 """
 
 from __future__ import annotations

@@ -71,7 +71,9 @@ def inventory_call(
     *, method: str, path: str, idempotency_key: str, body: dict[str, Any] | None = None
 ) -> int:
     """One call to the inventory service; returns the status, StepRetry on a transport failure."""
-    from gateway.services.proxy import SKIP_HEADER, proxy_forward
+    from urllib3.util import SKIP_HEADER
+
+    from gateway.services.proxy import proxy_forward
 
     headers = {
         "Idempotency-Key": idempotency_key,

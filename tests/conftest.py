@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 
-from tests.support.gateway_server import _gw_servers, gw, gw_server  # noqa: F401
+from tests.support.gateway_server import _gw_servers, gw, gw_fresh, gw_server  # noqa: F401
 from tests.support.servers import (  # noqa: F401  (fixtures re-exported for every test module)
     gateway_process_factory,
     http_server_factory,

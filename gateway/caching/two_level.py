@@ -247,7 +247,8 @@ def _poll() -> None:
 
 
 async def _apoll() -> None:
+    from gateway.services.db_pool import in_db
     from gateway.services.invalidation import invalidation_poll, invalidation_poll_due
 
     if invalidation_poll_due():
-        await asyncio.to_thread(invalidation_poll)
+        await in_db(invalidation_poll)  # the database leg: on the gateway's bounded pool

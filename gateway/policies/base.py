@@ -36,12 +36,8 @@ class PolicyRequest:
     route_path: str = ""
     user_id: str = ""  # after authentication; "" before it or on a public route
     tenant_id: str = ""
-    # The sync path passes its WSGI environ instead of building `headers` (cheaper look-ups).
-    meta: Mapping[str, Any] | None = None
 
     def header(self, name: str) -> str | None:
-        if self.meta is not None:
-            return self.meta.get("HTTP_" + name.upper().replace("-", "_"))
         lower = name.lower()
         for key, value in self.headers:
             if key.lower() == lower:

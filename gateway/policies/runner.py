@@ -1,11 +1,11 @@
-"""Calling the policy phases from a pipeline: the sync path (gateway/views.py) and the async one.
+"""Calling the policy phases from a pipeline (gateway/services/pipeline.py, gateway/asgi.py).
 
 The pipeline calls, in this order (docs/gateway-policies.md "Integration"):
   trace_begin(traceparent)                       once per request, before routing
   policy_request(...) / route_policies(route)    after routing
   before_auth(policies, request, state)          IP rules, then CORS preflight → EarlyResponse?
   (authentication; then request.user_id / tenant_id set)
-  limit_sync / limit_async(policies, request, state)           → EarlyResponse?
+  limit_async(policies, request, state)                        → EarlyResponse?
   upstream_headers(policies, request, trace, headers)          the headers sent upstream
   (cache, idempotency, proxy)
   response_headers(policies, request, state, headers)          every answer once the route is known
@@ -13,7 +13,6 @@ The pipeline calls, in this order (docs/gateway-policies.md "Integration"):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from common.tracing import set_trace_id
@@ -36,14 +35,10 @@ def policy_request(
     headers: tuple[tuple[str, str], ...],
     peer: str,
     route: Any,
-    meta: Mapping[str, Any] | None = None,
 ) -> PolicyRequest:
-    """The hooks' view of a request: `headers` as pairs (async path) or the WSGI `meta` (sync)."""
-    if meta is not None:
-        forwarded = meta.get("HTTP_X_FORWARDED_FOR")
-    else:
-        found = [value for name, value in headers if name.lower() == "x-forwarded-for"]
-        forwarded = ", ".join(found) if found else None
+    """The hooks' view of a request (`headers` as (name, value) pairs, repeated names kept)."""
+    found = [value for name, value in headers if name.lower() == "x-forwarded-for"]
+    forwarded = ", ".join(found) if found else None
     return PolicyRequest(
         method=method,
         path=path,
@@ -51,7 +46,6 @@ def policy_request(
         client_ip=client_address(peer=peer, forwarded_for=forwarded),
         route_id=route.id,
         route_path=route.path,
-        meta=meta,
     )
 
 
@@ -62,14 +56,6 @@ def before_auth(policies: PolicySet, request: PolicyRequest, state: PolicyState)
             return early
     for hook in policies.preflight:
         early = hook.preflight(request, state)
-        if early is not None:
-            return early
-    return None
-
-
-def limit_sync(policies: PolicySet, request: PolicyRequest, state: PolicyState) -> EarlyResponse | None:
-    for hook in policies.limit:
-        early = hook.limit(request, state)
         if early is not None:
             return early
     return None

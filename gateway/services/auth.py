@@ -1,4 +1,4 @@
-"""Who is calling and may they call this route (seam used by the proxy view).
+"""Who is calling and may they call this route (the gateway pipeline's authentication step).
 
 verify the token → revocation → permissions (token claim, else RBAC) → required permission →
 condition → Identity. Routes with `auth_required = false` get no identity at all, even when a

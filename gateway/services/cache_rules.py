@@ -1,6 +1,6 @@
 """What the gateway's shared response cache may serve and store (RFC 9111): pure functions.
 
-No I/O and no framework types, so the WSGI path and an ASGI pipeline call the same rules.
+No I/O and no framework types: the pipeline passes the ASGI scope's header pairs.
 Headers are iterables of `(name, value)` pairs, `str` or `bytes` (Latin-1), names in any case,
 repeats allowed. `shared` is True for a route without auth (one entry for every client) and
 False for an auth route (entries scoped per user, tenant and permissions).

@@ -1,19 +1,17 @@
 """Header rules of the proxy hop, both ways: pure functions, no I/O, no framework types.
 
-Both request pipelines call these: the WSGI path (through the adapters in
-`gateway/services/proxy.py`) and an ASGI / aiohttp one, whose headers are `(bytes, bytes)` pairs
-with lower-case names. Every function takes plain values; bytes are decoded as Latin-1 (RFC 9110
-§5.5: field values are octets, Latin-1 keeps each octet as one character) and the results are
-`str` pairs.
+The asyncio pipeline (gateway/services/pipeline.py) calls these with the ASGI scope's headers,
+`(bytes, bytes)` pairs with lower-case names; `str` pairs in any case work as well. Every
+function takes plain values; bytes are decoded as Latin-1 (RFC 9110 §5.5: field values are
+octets, Latin-1 keeps each octet as one character) and the results are `str` pairs.
 
 Signatures (all keyword-only):
 
     upstream_request_headers(
         *,
         client_headers: Iterable[tuple[str | bytes, str | bytes]],  # the client's request headers,
-                                     # repeats kept (WSGI: HTTP_* + CONTENT_TYPE as pairs; ASGI:
-                                     # scope["headers"]); names in any case
-        peer: str,                   # the address of the TCP peer (REMOTE_ADDR / scope["client"][0])
+                                     # repeats kept (scope["headers"]); names in any case
+        peer: str,                   # the address of the TCP peer (scope["client"][0])
         scheme: str,                 # "http" / "https" as this hop received the request
         host: str,                   # the Host the client sent (already checked by the server)
         identity: Identity | None,   # verified caller, or None (no identity headers)

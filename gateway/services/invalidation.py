@@ -4,8 +4,9 @@
 current transaction commits) and publishes the message on a Redis channel; a daemon listener thread
 in every process runs that process's handlers when a message of another process arrives.
 
-The listener starts lazily (first subscribe or publish), never blocks start-up, reconnects with
-backoff when Redis goes away, and after every (re)subscription calls each handler with
+The listener starts lazily (first subscribe or publish), never blocks start-up, stops with
+`invalidation_listener_stop()` (the gateway's lifespan shutdown), reconnects with backoff when
+Redis goes away, and after every (re)subscription calls each handler with
 `{"resync": True, "after_outage": bool}`: messages sent while it was disconnected are lost, so
 handlers then drop everything they hold (`after_outage` is true when this process failed to reach
 Redis since it last listened: changes may have happened that nobody could announce).
@@ -45,6 +46,8 @@ Handler = Callable[[dict], None]
 _handlers: dict[str, list[Handler]] = {}
 _lock = threading.Lock()
 _listener_pid: int | None = None
+# The running listener of this process: (pid, thread, its stop event).
+_listener: tuple[int, threading.Thread, threading.Event] | None = None
 _listener_connected = threading.Event()
 _origin: tuple[int, str] | None = None
 _BACKOFF_MAX_SECONDS = 5.0
@@ -146,7 +149,7 @@ def invalidation_listener_connected() -> bool:
 
 def invalidation_listener_ensure() -> None:
     """Start the listener thread of this process if it is not running (cheap when it is)."""
-    global _listener_pid
+    global _listener_pid, _listener
     if _listener_pid == os.getpid() or not shared_cache_is_redis():
         return
     with _lock:
@@ -154,18 +157,42 @@ def invalidation_listener_ensure() -> None:
             return
         _listener_pid = os.getpid()
         _listener_connected.clear()
-        thread = threading.Thread(target=_listen_forever, name="gatehouse-invalidation", daemon=True)
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_listen_forever, args=(stop,), name="gatehouse-invalidation", daemon=True
+        )
+        _listener = (_listener_pid, thread, stop)
         thread.start()
 
 
-def _listen_forever() -> None:
-    pid = os.getpid()
+def invalidation_listener_stop(timeout: float = 5.0) -> bool:
+    """Stop this process's listener thread and wait up to `timeout` s for it to end (it wakes at
+    least every `_POLL_SECONDS`); True when no listener thread of this process is left running.
+
+    Called by the gateway's lifespan shutdown. A later subscribe, publish or poll starts a new one.
+    """
+    global _listener_pid, _listener
+    with _lock:
+        listener, _listener = _listener, None
+        if _listener_pid == os.getpid():
+            _listener_pid = None
+        _listener_connected.clear()
+    if listener is None or listener[0] != os.getpid():  # none, or the parent's before a fork
+        return True
+    _, thread, stop = listener
+    stop.set()
+    if thread is not threading.current_thread():
+        thread.join(timeout)
+    return not thread.is_alive()
+
+
+def _listen_forever(stop: threading.Event) -> None:
     backoff = 0.1
     announced_down = False
     had_failure = False
     channel = invalidation_channel()
     origin = _origin_id()
-    while _listener_pid == pid:
+    while not stop.is_set():
         client = None
         try:
             client = redis.Redis.from_url(
@@ -186,7 +213,7 @@ def _listen_forever() -> None:
             for kind in list(_handlers):  # anything published while we were away is lost
                 _run_handlers(kind, {"resync": True, "after_outage": had_failure})
             had_failure = False
-            while _listener_pid == pid:
+            while not stop.is_set():
                 message = pubsub.get_message(timeout=_POLL_SECONDS)
                 if message and message.get("type") == "message":
                     _dispatch(message["data"], origin)
@@ -197,7 +224,7 @@ def _listen_forever() -> None:
             if not announced_down:
                 logger.warning("invalidation listener disconnected: %s: %s", type(exc).__name__, exc)
                 announced_down = True
-            time.sleep(backoff + random.uniform(0, backoff / 2))
+            stop.wait(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
         finally:
             if client is not None:

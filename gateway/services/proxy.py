@@ -1,7 +1,10 @@
-"""Forwarding a matched request to its service: pooled urllib3, one time budget, safe retries.
+"""The sync upstream client: pooled urllib3, one time budget, safe retries.
 
-Hot path rules: nothing here touches the database or Redis; pools, parsed targets and header
-names are computed once per process and reused.
+Off the `/gw` data plane (that is gateway/services/upstream.py, asyncio): the sagas' inventory
+calls (sagas/placement.py) run in Celery threads and call `proxy_forward`. The errors, retry
+rules and circuit breaker are the ones the async client uses (upstream_errors.py, circuit.py).
+Nothing here touches the database or Redis; pools and parsed targets are computed once per
+process and reused.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import http.client
 import io
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,7 +29,6 @@ from urllib3.exceptions import (
     NewConnectionError,
     ReadTimeoutError,
 )
-from urllib3.util import SKIP_HEADER
 
 from common import telemetry
 from common.errors import ApplicationError
@@ -51,7 +53,7 @@ from gateway.services.upstream_errors import (  # shared with the async client (
     next_start,
     pick_target,
 )
-from gateway.types import Identity, ResolvedRoute
+from gateway.types import ResolvedRoute
 
 logger = logging.getLogger("gatehouse.proxy")
 
@@ -181,57 +183,6 @@ def _target(base: str) -> _Target:
     )
 
 
-@lru_cache(maxsize=1024)
-def _header_name(meta_key: str) -> str:
-    """HTTP_X_USER_ID → "X-User-Id"."""
-    return "-".join(part.capitalize() for part in meta_key[5:].split("_"))
-
-
-def meta_header_pairs(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """A WSGI environ's request headers as (name, value) pairs, for `gateway.services.headers`.
-
-    The WSGI server has already folded repeated request headers into one comma-joined value
-    (equivalent per RFC 9110 §5.3), so one pair per name holds them faithfully.
-    """
-    pairs = [(_header_name(key), value) for key, value in meta.items() if key.startswith("HTTP_")]
-    content_type = meta.get("CONTENT_TYPE")
-    if content_type:
-        pairs.append(("Content-Type", content_type))
-    return pairs
-
-
-def upstream_request_headers(
-    *,
-    meta: Mapping[str, Any],
-    target_host: str,
-    identity: Identity | None,
-    correlation_id: str,
-) -> dict[str, str]:
-    """Headers to send upstream from a WSGI environ / request.META (rules: gateway.services.headers)."""
-    peer = meta.get("REMOTE_ADDR") or ""
-    scheme = meta.get("wsgi.url_scheme", "http")
-    claimed = meta.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip().lower()
-    if claimed in ("http", "https") and peer in header_rules.configured_trusted_proxies():
-        scheme = claimed  # a trusted proxy in front terminated the client's connection
-    headers = dict(
-        header_rules.upstream_request_headers(
-            client_headers=meta_header_pairs(meta),
-            peer=peer,
-            scheme=scheme,
-            host=meta.get("HTTP_HOST") or meta.get("SERVER_NAME", ""),
-            identity=identity,
-            correlation_id=correlation_id,
-            target_host=target_host,
-        )
-    )
-    # A transparent hop: urllib3 / http.client must not add headers the client did not send.
-    if "User-Agent" not in headers:
-        headers["User-Agent"] = SKIP_HEADER
-    if "Accept-Encoding" not in headers:
-        headers["Accept-Encoding"] = SKIP_HEADER
-    return headers
-
-
 def response_headers(raw: urllib3.HTTPResponse) -> list[tuple[str, str]]:
     """The upstream's response headers minus hop-by-hop ones; repeated headers stay repeated."""
     return header_rules.response_headers(upstream_headers=raw.headers.iteritems())
@@ -261,8 +212,8 @@ class UpstreamResponse:
 class UpstreamStream:
     """Iterates a large upstream body in bounded chunks and always gives the connection back.
 
-    A class rather than a generator: a WSGI server may call close() before the first chunk, and
-    a generator that never started would never run its cleanup.
+    A class rather than a generator: a caller may call close() before the first chunk, and a
+    generator that never started would never run its cleanup.
     """
 
     __slots__ = ("_raw", "_done")
@@ -304,7 +255,8 @@ def proxy_forward(
     """Send the request to one of the route's targets within `route.timeout_ms`, retrying safely.
 
     `path` is the upstream path (already rewritten), `query_string` the raw one, forwarded as is.
-    `headers` come from `upstream_request_headers` with a placeholder Host (set per target).
+    `headers` are sent as given; a Host is set per target. urllib3 adds `User-Agent` and
+    `Accept-Encoding` unless the caller passes `urllib3.util.SKIP_HEADER` for them.
     Raises BadGateway (502), CircuitOpen (503) or GatewayTimeout (504).
     """
     targets = route.targets

@@ -79,8 +79,9 @@ def rbac_permissions(*, user_id: str, tenant_id: str) -> frozenset[str]:
 
 
 async def rbac_permissions_async(*, user_id: str, tenant_id: str) -> frozenset[str]:
-    """`rbac_permissions` for the event loop (Redis via redis.asyncio, the resolver in a thread)."""
-    import asyncio
+    """`rbac_permissions` for the event loop (Redis via redis.asyncio, the resolver in the
+    gateway's bounded pool)."""
+    from gateway.services.db_pool import in_db
 
     key = rbac_cache_key(user_id=user_id, tenant_id=tenant_id)
     entry = await rbac_cache.aget(key)
@@ -88,7 +89,7 @@ async def rbac_permissions_async(*, user_id: str, tenant_id: str) -> frozenset[s
         cache_hit("rbac")
         return frozenset(entry["permissions"])
     cache_miss("rbac")
-    permissions = await asyncio.to_thread(_resolve, user_id=user_id, tenant_id=tenant_id)
+    permissions = await in_db(_resolve, user_id=user_id, tenant_id=tenant_id)
     entry = _entry(user_id=user_id, tenant_id=tenant_id, permissions=permissions)
     await rbac_cache.aset(key, entry)
     return permissions

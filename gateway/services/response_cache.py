@@ -150,67 +150,6 @@ def _entries(
     return {variant: value, key: (_VARY_MARKER, names)}
 
 
-def response_cache_get(
-    *,
-    route: ResolvedRoute,
-    method: str,
-    path: str,
-    query_string: str,
-    identity: Identity | None,
-    request_headers: HeaderPairs,
-) -> CachedResponse | None:
-    """The stored response for this request, or None (not cacheable, miss, or Redis down).
-
-    `request_headers`: the client's request headers as (name, value) pairs (for Cookie,
-    Authorization, Cache-Control and the headers a stored response varies on).
-    """
-    request_headers = list(request_headers)
-    key = _lookup_key(
-        route=route,
-        method=method,
-        path=path,
-        query_string=query_string,
-        identity=identity,
-        request_headers=request_headers,
-    )
-    if key is None:
-        return None
-    stored = _decode(shared_cache_call(lambda: cache.get(key), None))
-    variant = _variant_key(key, stored, request_headers)
-    if variant is not None:
-        stored = _decode(shared_cache_call(lambda: cache.get(variant), None))
-    return _answer(stored, method)
-
-
-def response_cache_set(
-    *,
-    route: ResolvedRoute,
-    method: str,
-    path: str,
-    query_string: str,
-    identity: Identity | None,
-    request_headers: HeaderPairs,
-    status: int,
-    headers: list[tuple[str, str]],
-    body: bytes,
-) -> None:
-    """Store a GET response when the cache rules allow it; anything else is silently not stored."""
-    entries = _entries(
-        route=route,
-        method=method,
-        path=path,
-        query_string=query_string,
-        identity=identity,
-        request_headers=list(request_headers),
-        status=status,
-        headers=headers,
-        body=body,
-    )
-    if entries:
-        encoded = {key: _encode(value) for key, value in entries.items()}
-        shared_cache_call(lambda: cache.set_many(encoded, route.cache_ttl_seconds), None)
-
-
 def _encode(value: tuple) -> dict:
     """A stored response `(status, headers, body, stored_at)` or a Vary marker `("vary", names)`
     as a JSON object."""
@@ -251,11 +190,12 @@ def response_cache_delete_now(*, pattern: str = "responses:*") -> int:
     return shared_cache_call(lambda: shared_cache_delete_pattern(pattern), 0)
 
 
-# --- async variants (the asyncio pipeline): same keys, rules and stored values ------------------
+# --- reads and writes (the asyncio pipeline) --------------------------------------------------
 # Redis through `redis.asyncio` (one client per loop, gateway.caching.two_level), values encoded
-# by `_encode` / `_decode` and the cache backend's own serializer (`_aencode` / `_adecode`), exactly
-# as the sync functions store them, so the sync and async paths share every entry. Without Redis
-# the cache is this process's memory: the sync calls are then plain dict operations, safe on the loop.
+# by `_encode` / `_decode` and the cache backend's own serializer (`_aencode` / `_adecode`), so an
+# entry is what `django.core.cache` would store (`gateway_cache` and the admin read and delete the
+# same keys). Without Redis the cache is this process's memory: the sync calls are then plain dict
+# operations, safe on the loop.
 
 
 def _aencode(value: tuple) -> bytes:
@@ -324,7 +264,11 @@ async def response_cache_aget(
     identity: Identity | None,
     request_headers: HeaderPairs,
 ) -> CachedResponse | None:
-    """`response_cache_get` for the event loop."""
+    """The stored response for this request, or None (not cacheable, miss, or Redis down).
+
+    `request_headers`: the client's request headers as (name, value) pairs (for Cookie,
+    Authorization, Cache-Control and the headers a stored response varies on).
+    """
     request_headers = list(request_headers)
     key = _lookup_key(
         route=route,
@@ -355,7 +299,7 @@ async def response_cache_aset(
     headers: list[tuple[str, str]],
     body: bytes,
 ) -> None:
-    """`response_cache_set` for the event loop."""
+    """Store a GET response when the cache rules allow it; anything else is silently not stored."""
     entries = _entries(
         route=route,
         method=method,

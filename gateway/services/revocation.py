@@ -122,13 +122,12 @@ async def token_is_revoked_async(
     *, jti: str, token: str | None = None, expires_at: float | None = None
 ) -> bool:
     """`token_is_revoked` for the event loop: local layer, then Redis through redis.asyncio; the
-    database / introspection fallback runs in a worker thread, never on the loop."""
-    import asyncio
-
+    database / introspection fallback runs in the gateway's bounded pool, never on the loop."""
+    from gateway.services.db_pool import in_db
     from gateway.services.invalidation import invalidation_poll, invalidation_poll_due
 
     if invalidation_poll_due():
-        await asyncio.to_thread(invalidation_poll)
+        await in_db(invalidation_poll)
     local = _local.get(jti)
     if local is not None:
         cache_hit("revoked")
@@ -138,7 +137,7 @@ async def token_is_revoked_async(
         cache_hit("revoked")
         _remember(jti, shared)
         return shared
-    return await asyncio.to_thread(token_is_revoked, jti=jti, token=token, expires_at=expires_at)
+    return await in_db(token_is_revoked, jti=jti, token=token, expires_at=expires_at)
 
 
 def _cache_not_revoked(key: str, ttl: int) -> bool:

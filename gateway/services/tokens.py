@@ -207,13 +207,14 @@ def token_authenticate(*, authorization: str | None) -> Identity:
 async def token_authenticate_async(*, authorization: str | None) -> Identity:
     """`token_authenticate` for the event loop: a signature this process verified recently is
     checked inline (a dict look-up); a new one (RS256 ~0.2 ms, maybe a JWKS fetch) is verified in
-    a worker thread; revocation through `token_is_revoked_async`."""
-    import asyncio
+    the gateway's bounded pool (gateway/services/db_pool.py); revocation through
+    `token_is_revoked_async`."""
+    from gateway.services.db_pool import in_db
 
     token = bearer_token(authorization=authorization)
     claims = _verified_claims(token)
     if claims is None:
-        claims = await asyncio.to_thread(token_verify, token=token)
+        claims = await in_db(token_verify, token=token)
     jti = claims.get("jti")
     if jti is not None and (not isinstance(jti, str) or not jti):
         raise _denied("invalid", "The token's jti is invalid.")

@@ -37,6 +37,8 @@ print(json.dumps({
     "payment_secret": settings.PAYMENT_WEBHOOK_SECRET,
     "not_found": call("/no-such-thing", "127.0.0.1:8000"),
     "bad_host": call("/healthz", "evil.example"),
+    "gateway_root": call("/gw", "127.0.0.1:8000"),
+    "gateway_path": call("/gw/users/1", "127.0.0.1:8000"),
 }))
 """
 
@@ -80,6 +82,9 @@ def test_run_profile_with_nothing_configured(tmp_path):
     # and errors are problem+json
     assert_problem(first["not_found"], 404)
     assert_problem(first["bad_host"], 400)
+    # `/gw` is served by the ASGI entrance only (config/asgi.py): the WSGI app knows no such path
+    assert_problem(first["gateway_root"], 404)
+    assert_problem(first["gateway_path"], 404)
 
 
 def test_debug_profile_keeps_dev_values_and_still_answers_problem_json(tmp_path):
@@ -89,6 +94,7 @@ def test_debug_profile_keeps_dev_values_and_still_answers_problem_json(tmp_path)
     assert answer["payment_secret"] == "dev-payment-secret"
     assert_problem(answer["not_found"], 404)
     assert_problem(answer["bad_host"], 400)
+    assert_problem(answer["gateway_path"], 404)
 
 
 def test_a_configured_secret_key_is_used_and_nothing_is_written(tmp_path):

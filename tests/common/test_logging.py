@@ -10,11 +10,12 @@ import json
 import logging
 
 import pytest
-from django.test import Client, RequestFactory
+from django.test import Client
 
 from common.correlation import get_correlation_id
 from common.logging import CorrelationIdFilter, JsonFormatter
-from gateway import views as gateway_views
+from gateway import asgi as gateway_asgi
+from tests.support.asgi_driver import Lifespan, asgi_request, on_a_loop
 
 pytestmark = pytest.mark.django_db
 
@@ -60,36 +61,30 @@ def test_log_lines_of_a_request_are_json_with_its_correlation_id(log_lines):
     assert "Boom" in crash["exc_info"]
 
 
-def call_lean_gateway(path: str, **headers: str) -> tuple[str, dict[str, str], bytes]:
-    """One request through the production `/gw` entrance (config/wsgi.py's GatewayDispatch)."""
-    environ = RequestFactory().get(path, **headers).environ
-    started: dict[str, object] = {}
-
-    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
-        started.update(status=status, headers=dict(response_headers))
-
-    body_iterable = gateway_views.GatewayDispatch(lambda env, start: [])(environ, start_response)
-    try:
-        body = b"".join(body_iterable)
-    finally:
-        body_iterable.close()
-    return started["status"], started["headers"], body  # type: ignore[return-value]
+def _gateway_request(path: str, **headers: str):  # noqa: ANN202
+    """One request to the production `/gw` application (gateway/asgi.py), in this process."""
+    return asgi_request(gateway_asgi.application, "GET", path, headers=list(headers.items()))
 
 
+@pytest.mark.django_db(transaction=True)
 def test_unexpected_error_in_the_lean_gateway_entrance_is_problem_json_and_logged(monkeypatch, log_lines):
-    def crash(request):
+    async def crash(ctx, gate):  # noqa: ANN001, ANN202
         raise RuntimeError("a bug in the pipeline")
 
-    monkeypatch.setattr(gateway_views, "gateway_handle", crash)
+    monkeypatch.setattr(gateway_asgi, "gateway_pipeline", crash)
 
-    status, headers, body = call_lean_gateway("/gw/anything", HTTP_X_CORRELATION_ID="lean-corr-1")
+    async def main():  # noqa: ANN202
+        async with Lifespan(gateway_asgi.application):
+            return await _gateway_request("/gw/anything", **{"X-Correlation-ID": "lean-corr-1"})
 
-    assert status.startswith("500")
-    assert headers["Content-Type"] == "application/problem+json"
-    assert headers["X-Correlation-ID"] == "lean-corr-1"
-    problem = json.loads(body)
+    response = on_a_loop(main())
+
+    assert response.status == 500
+    assert response.header("Content-Type") == "application/problem+json"
+    assert response.header("X-Correlation-ID") == "lean-corr-1"
+    problem = json.loads(response.body)
     assert problem["correlation_id"] == "lean-corr-1"
-    assert b"a bug in the pipeline" not in body and b"Traceback" not in body
+    assert b"a bug in the pipeline" not in response.body and b"Traceback" not in response.body
     crash_line = next(line for line in log_lines() if line["logger"] == "gatehouse.gateway")
     assert crash_line["correlation_id"] == "lean-corr-1"
     assert "RuntimeError" in crash_line["exc_info"]
@@ -117,19 +112,23 @@ def test_correlation_id_does_not_leak_between_requests_through_django(client, lo
     assert after == [after[0]] and after[0]["correlation_id"] == ""
 
 
+@pytest.mark.django_db(transaction=True)
 def test_correlation_id_does_not_leak_between_requests_through_the_lean_gateway(log_lines):
-    def work():
-        first = call_lean_gateway("/gw/no-route", HTTP_X_CORRELATION_ID="first-gw-request")
-        second = call_lean_gateway("/gw/no-route")
-        logging.getLogger("tests.after").warning("written after the requests")
-        return first, second, get_correlation_id()
+    async def main():  # noqa: ANN202
+        async with Lifespan(gateway_asgi.application):
+            # both requests awaited in this one task: anything a request left set shows here
+            first = await _gateway_request("/gw/no-route", **{"X-Correlation-ID": "first-gw-request"})
+            second = await _gateway_request("/gw/no-route")
+            logging.getLogger("tests.after").warning("written after the requests")
+            return first, second, get_correlation_id()
 
-    (_, first_headers, first_body), (_, second_headers, second_body), current = in_fresh_context(work)
+    first, second, current = on_a_loop(main())
 
-    assert first_headers["X-Correlation-ID"] == "first-gw-request"
-    assert json.loads(first_body)["correlation_id"] == "first-gw-request"
-    assert second_headers["X-Correlation-ID"] not in ("", "first-gw-request")
-    assert json.loads(second_body)["correlation_id"] == second_headers["X-Correlation-ID"]
+    assert first.status == second.status == 404
+    assert first.header("X-Correlation-ID") == "first-gw-request"
+    assert json.loads(first.body)["correlation_id"] == "first-gw-request"
+    assert second.header("X-Correlation-ID") not in (None, "", "first-gw-request")
+    assert json.loads(second.body)["correlation_id"] == second.header("X-Correlation-ID")
     assert current == ""
     after = [line for line in log_lines() if line["logger"] == "tests.after"]
     assert after[0]["correlation_id"] == ""

@@ -73,3 +73,34 @@ def test_a_warm_async_identity_never_leaves_the_loop(token_service):
 
     with ThreadPoolExecutor(1) as pool:  # see _async_identity
         pool.submit(async_to_sync(main)).result()
+
+
+def test_a_cold_async_identity_runs_its_blocking_work_on_the_bounded_database_pool(
+    token_service, rbac_resolver, monkeypatch
+):
+    """Signature check, revocation fallback and the RBAC resolver: each on a `gateway-db` thread
+    (gateway/services/db_pool.py, GATEWAY_DB_THREADS), never the loop's default executor."""
+    import threading
+
+    from gateway.services import rbac, revocation, tokens
+
+    threads: dict[str, str] = {}
+
+    def recorded(name, function):  # noqa: ANN001, ANN202
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            threads[name] = threading.current_thread().name
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(tokens, "token_verify", recorded("verify", tokens.token_verify))
+    monkeypatch.setattr(revocation, "token_is_revoked", recorded("revoked", revocation.token_is_revoked))
+    monkeypatch.setattr(rbac, "_resolve", recorded("rbac", rbac._resolve))
+    rbac_resolver.set("u-cold", "t-1", ["order.read"])
+    bearer = token_service.bearer(sub="u-cold", jti="jti-cold-pool")
+
+    identity = _async_identity(authorization=bearer, match=_match("order.read"))
+
+    assert identity.user_id == "u-cold" and "order.read" in identity.permissions
+    assert set(threads) == {"verify", "revoked", "rbac"}
+    assert all(name.startswith("gateway-db") for name in threads.values()), threads

@@ -6,6 +6,7 @@ how long a second, independent server process takes to route by the new configur
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import select
@@ -384,3 +385,48 @@ def test_load_routes_reaches_a_running_server_within_a_second(
     print(f"load_routes → in effect on a running server: {latency}")
     assert latency is not None and latency <= 1.0
     assert all(requests.get(f"{server}/gw/items/1", timeout=5).content == b"new upstream" for _ in range(6))
+
+
+def _listener_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "gatehouse-invalidation"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_gateway_lifespan_shutdown_stops_the_listener_thread():
+    from gateway import asgi as gateway_asgi
+    from gateway.services.invalidation import invalidation_listener_ensure
+    from tests.support.asgi_driver import Lifespan, on_a_loop
+
+    async def main() -> list[threading.Thread]:
+        async with Lifespan(gateway_asgi.application):
+            invalidation_listener_ensure()
+            deadline = time.monotonic() + 5
+            while not invalidation_listener_connected() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert invalidation_listener_connected()
+            return _listener_threads()
+
+    running = on_a_loop(main())
+
+    assert len(running) == 1
+    assert not running[0].is_alive() and _listener_threads() == []
+    assert not invalidation_listener_connected()
+    # a later use (this process goes on serving other tests) starts a new listener that hears
+    received, event, handler = _recorder()
+    invalidation_subscribe("jwks", handler)
+    deadline = time.monotonic() + 5
+    while not invalidation_listener_connected() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    redis.Redis.from_url(settings.REDIS_URL).publish(
+        invalidation_channel(), '{"kind": "jwks", "payload": {"kid": "after-restart"}, "origin": "elsewhere"}'
+    )
+    assert event.wait(5) and {"kid": "after-restart"} in received
+    assert len(_listener_threads()) == 1
+
+
+def test_stopping_the_listener_twice_is_harmless():
+    from gateway.services.invalidation import invalidation_listener_stop
+
+    assert invalidation_listener_stop() is True
+    assert invalidation_listener_stop() is True
+    assert _listener_threads() == []

@@ -3,7 +3,9 @@ upstream, and the service functions for the per-identity scope."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django_redis import get_redis_connection
@@ -12,8 +14,8 @@ from freezegun import freeze_time
 from gateway.routing import route_resolve
 from gateway.services.response_cache import (
     CachedResponse,
-    response_cache_get,
-    response_cache_set,
+    response_cache_aget,
+    response_cache_aset,
 )
 from gateway.services.routes import route_save
 from gateway.types import Identity
@@ -161,6 +163,20 @@ def test_flush_action_in_admin_drops_a_routes_entries(admin_client, gw, counting
     assert gw.get("/gw/catalogue/items").content.startswith(b"n=2")
 
 
+def _cache_get(**kwargs):  # noqa: ANN003, ANN201
+    return _on_a_loop(response_cache_aget(**kwargs))
+
+
+def _cache_set(**kwargs):  # noqa: ANN003, ANN201
+    return _on_a_loop(response_cache_aset(**kwargs))
+
+
+def _on_a_loop(coroutine):  # noqa: ANN001, ANN202
+    """asyncio.run in a thread of its own: a browser test earlier in this worker may leave a loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_authenticated_routes_are_cached_per_user_and_tenant():
     RouteFactory(path="/me/**", methods=["GET"], auth_required=True, cache_ttl_seconds=60)
     route = route_resolve(method="GET", path="/me/profile").route
@@ -169,7 +185,7 @@ def test_authenticated_routes_are_cached_per_user_and_tenant():
     bob = Identity(user_id="bob", tenant_id="t1")
     request = {"route": route, "path": "/me/profile", "query_string": "", "request_headers": []}
 
-    response_cache_set(
+    _cache_set(
         method="GET",
         identity=alice,
         status=200,
@@ -178,12 +194,12 @@ def test_authenticated_routes_are_cached_per_user_and_tenant():
         **request,
     )
 
-    hit = response_cache_get(method="GET", identity=alice, **request)
+    hit = _cache_get(method="GET", identity=alice, **request)
     assert isinstance(hit, CachedResponse) and hit.body == b"alice" and hit.status == 200
     assert ("Content-Type", "text/plain") in hit.headers
-    assert response_cache_get(method="GET", identity=bob, **request) is None
-    assert response_cache_get(method="GET", identity=alice_other_tenant, **request) is None
-    assert response_cache_get(method="GET", identity=None, **request) is None
+    assert _cache_get(method="GET", identity=bob, **request) is None
+    assert _cache_get(method="GET", identity=alice_other_tenant, **request) is None
+    assert _cache_get(method="GET", identity=None, **request) is None
 
 
 def test_only_200_responses_are_stored():
@@ -198,10 +214,10 @@ def test_only_200_responses_are_stored():
         "request_headers": [],
     }
 
-    response_cache_set(status=404, headers=[], body=b"missing", **request)
-    assert response_cache_get(**request) is None
-    response_cache_set(status=200, headers=[], body=b"found", **request)
-    assert response_cache_get(**request).body == b"found"
+    _cache_set(status=404, headers=[], body=b"missing", **request)
+    assert _cache_get(**request) is None
+    _cache_set(status=200, headers=[], body=b"found", **request)
+    assert _cache_get(**request).body == b"found"
 
 
 def test_redis_down_means_no_cache_not_an_error(gw_server, counting_upstream):

@@ -16,6 +16,11 @@ the same per-process state a single-process test client would). Between tests:
 
     def test_y(gw_server, token_service):
         gw = gw_server(token_service.env | {"GATEWAY_MAX_BODY_BYTES": "1024"})
+
+    def test_z(gw, gw_fresh):
+        gw.post(...)                 # the session's server fills its local layers
+        cold = gw_fresh()            # a new process of its own: only Redis and the database
+        cold.post(...)               # are shared with it (stopped at the end of the test)
 """
 
 from __future__ import annotations
@@ -253,6 +258,23 @@ def gw_server(_gw_servers, transactional_db):
         return GatewayClient(server)
 
     return client
+
+
+@pytest.fixture
+def gw_fresh(_gw_servers, transactional_db):
+    """`gw_fresh(extra_env)`: a client of a new server process started for this test alone (its
+    local cache layers empty, as in an instance that just started), stopped when the test ends."""
+    _, probe = _gw_servers
+    started: list[GatewayServer] = []
+
+    def client(extra_env: dict[str, str] | None = None) -> GatewayClient:
+        server = GatewayServer(server_env(dict(extra_env or {})), probe)
+        started.append(server)
+        return GatewayClient(server)
+
+    yield client
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture
