@@ -1,6 +1,6 @@
 """Keep-alive pools of upstream connections: one per target origin and per event loop.
 
-A pool holds at most `size` connections (idle, busy or being opened). A request beyond that
+A pool holds at most `size` connections (0: no bound) (idle, busy or being opened). A request beyond that
 waits its turn, first come first served; a waiter that is cancelled leaves the queue (and gives
 back whatever it was handed meanwhile). Idle connections are reused newest first and closed
 after `keepalive` seconds unused; one the server closed, or that received a byte while idle, is
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import sys
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
@@ -37,7 +38,7 @@ class Pool:
         self.host = parts.hostname or ""
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
-        self.size = size
+        self.size = size if size > 0 else sys.maxsize  # 0: unbounded, as GATEWAY_UPSTREAM_POOL_SIZE says
         self.keepalive = keepalive
         self.count = 0  # connections open or being opened: never more than `size`
         self.closed = False

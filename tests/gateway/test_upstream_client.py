@@ -717,6 +717,31 @@ def test_the_pool_bound_queues_requests_first_come_first_served(run, size):
         ]
 
 
+def test_a_pool_size_of_0_means_unbounded(run):
+    gate = None
+
+    async def held(upstream, reader, writer):
+        await upstream.head(reader)
+        await gate.wait()
+        writer.write(OK)
+        await upstream.until_eof(reader)
+
+    async def go():
+        nonlocal gate
+        gate = asyncio.Event()
+        async with Upstream(held) as up:
+            p = pool(up, size=0)
+            tasks = [asyncio.create_task(exchange(p)) for _ in range(20)]
+            async with asyncio.timeout(2):
+                while up.open < 20:
+                    await asyncio.sleep(0.01)
+            gate.set()
+            return await asyncio.gather(*tasks), p.count
+
+    bodies, count = run(go)
+    assert bodies == [b"ok"] * 20 and count == 20
+
+
 def test_a_cancelled_waiter_leaves_the_queue(run):
     async def hang(upstream, reader, writer):
         await upstream.head(reader)
