@@ -1,13 +1,17 @@
-"""Forwarding a matched request to its service on the event loop: aiohttp, one time budget, safe retries.
+"""Forwarding a matched request to its service on the event loop: one time budget, safe retries.
 
 The asynchronous counterpart of `gateway.services.proxy` (same errors, retry rules, circuit
-breaker and metrics, from `gateway.services.upstream_errors` and `gateway.services.circuit`):
+breaker and metrics, from `gateway.services.upstream_errors` and `gateway.services.circuit`),
+on the gateway's own HTTP/1.1 client (`gateway.upstream_client`, asyncio Protocol + httptools):
 
-- one `ClientSession` (keep-alive pool of GATEWAY_UPSTREAM_POOL_SIZE connections) per target
-  origin and per event loop, created on first use: no cookie jar, no decompression, no headers
-  the caller did not give (but Host and the body's framing), no redirects followed;
-- the path and query string are sent byte for byte (`yarl.URL(..., encoded=True)`);
+- one keep-alive pool (GATEWAY_UPSTREAM_POOL_SIZE connections, idle ones closed after
+  GATEWAY_UPSTREAM_KEEPALIVE_SECONDS) per target origin and per event loop, created on first
+  use: no cookies, no decompression, no headers the caller did not give (but Host and the
+  body's framing), no redirects followed;
+- the path and query string are sent byte for byte;
 - `route.timeout_ms` bounds connect + response head + a buffered body over every attempt;
+- a kept-alive connection the service closed just as the request went out on it is retried at
+  once on a new connection when the request may be repeated (RFC 9112 §9.3.1);
 - a cancelled caller (the client went away) closes the upstream connection at once and frees
   the circuit's half-open probe; a half-read connection never goes back to the pool.
 
@@ -19,15 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-import aiohttp
 from django.conf import settings
-from yarl import URL
 
 from common import telemetry
 from common.errors import ApplicationError
@@ -53,6 +54,15 @@ from gateway.services.upstream_errors import (
     pick_target,
 )
 from gateway.types import ResolvedRoute
+from gateway.upstream_client import (
+    Pool,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamStaleConnection,
+    close_pools,
+    pool_for,
+)
 
 __all__ = [
     "BadGateway",
@@ -65,11 +75,8 @@ __all__ = [
 
 logger = logging.getLogger("gatehouse.proxy")
 
-# Headers aiohttp would add on its own; the upstream sees only what the client (via headers.py) sent.
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-# Framing is the client's own business: set here from the body actually sent.
+# Framing is the client's own business: set there from the body actually sent.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
-_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,47 +98,17 @@ def _target(base: str) -> _Target:
     )
 
 
-# --- Pools: one session per (event loop, target origin) ----------------------------------------
-# A uvicorn worker is its own process with one loop; tests may run several loops one after the
-# other. Sessions are bound to the loop that made them, so they are looked up by loop.
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _session(origin: str) -> aiohttp.ClientSession:
-    loop = asyncio.get_running_loop()
-    per_loop = _sessions.get(loop)
-    if per_loop is None:
-        per_loop = _sessions[loop] = {}
-    session = per_loop.get(origin)
-    if session is None or session.closed:
-        connector = aiohttp.TCPConnector(
-            limit=0,  # the bound is per target (limit_per_host), not per process
-            limit_per_host=settings.GATEWAY_UPSTREAM_POOL_SIZE,
-            keepalive_timeout=settings.GATEWAY_UPSTREAM_KEEPALIVE_SECONDS,
-            ttl_dns_cache=10,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            timeout=_NO_TIMEOUT,  # the request's budget is ours (asyncio.timeout_at)
-            trust_env=False,
-            requote_redirect_url=False,
-            read_bufsize=STREAM_CHUNK_BYTES,
-        )
-        per_loop[origin] = session
-    return session
+def _pool(origin: str) -> Pool:
+    return pool_for(
+        origin,
+        size=settings.GATEWAY_UPSTREAM_POOL_SIZE,
+        keepalive=settings.GATEWAY_UPSTREAM_KEEPALIVE_SECONDS,
+    )
 
 
 async def upstream_close() -> None:
-    """Close every pooled session of the running loop (lifespan shutdown)."""
-    loop = asyncio.get_running_loop()
-    per_loop = _sessions.pop(loop, {})
-    for session in per_loop.values():
-        await session.close()
+    """Close every pool of the running loop (lifespan shutdown)."""
+    close_pools()
 
 
 # --- The answer --------------------------------------------------------------------------------
@@ -153,7 +130,7 @@ class UpstreamAnswer:
         reason: str,
         headers: list[tuple[str, str]],
         body: bytes | None = None,
-        response: aiohttp.ClientResponse | None = None,
+        response: UpstreamResponse | None = None,
         read_timeout: float | None = None,
     ) -> None:
         self.status = status
@@ -166,12 +143,10 @@ class UpstreamAnswer:
             None if response is None else self._chunks(response, read_timeout)
         )
 
-    async def _chunks(
-        self, response: aiohttp.ClientResponse, read_timeout: float | None
-    ) -> AsyncIterator[bytes]:
+    async def _chunks(self, response: UpstreamResponse, read_timeout: float | None) -> AsyncIterator[bytes]:
         """The body in chunks of at most STREAM_CHUNK_BYTES as they arrive.
 
-        aiohttp pauses reading the socket while its buffer is full, so a slow consumer slows the
+        The client pauses reading the socket while its buffer is full, so a slow consumer slows the
         upstream down instead of filling memory. Each read may wait `read_timeout` (what the
         attempt had left when the head arrived, as the sync client does).
         """
@@ -179,10 +154,10 @@ class UpstreamAnswer:
             while True:
                 try:
                     async with asyncio.timeout(read_timeout):
-                        chunk = await response.content.read(STREAM_CHUNK_BYTES)
+                        chunk = await response.read(STREAM_CHUNK_BYTES)
                 except TimeoutError:
                     raise GatewayTimeout("The service stopped sending its response.") from None
-                except (aiohttp.ClientError, OSError) as exc:
+                except (UpstreamError, OSError) as exc:
                     raise BadGateway("The service closed the connection mid-response.") from exc
                 if not chunk:
                     break
@@ -264,31 +239,35 @@ async def _attempt(
     headers: list[tuple[str, str]],
     data: bytes | AsyncIterator[bytes] | None,
     read_timeout: float,
+    resend_stale: bool,
 ) -> UpstreamAnswer:
-    """One request to one target; a response is closed on any failure or cancellation."""
-    url = URL(target.origin + target.path_prefix + url_tail, encoded=True)
-    response = await _session(target.origin).request(
-        method,
-        url,
-        headers=headers,
-        data=data,
-        allow_redirects=False,
-        compress=None,
-        proxy=None,
-    )
+    """One request to one target; a response is closed on any failure or cancellation.
+
+    A pooled connection found closed by the service before one byte of the answer is tried once
+    more on a new connection when `resend_stale` (the request may be repeated and its body is
+    bytes): the service most likely closed it idle, not because of this request.
+    """
+    pool = _pool(target.origin)
+    request_target = target.path_prefix + url_tail
     try:
-        answer_headers = header_rules.response_headers(upstream_headers=response.raw_headers)
-        length = response.headers.get("Content-Length")
+        response = await pool.request(method, request_target, headers, data)
+    except UpstreamStaleConnection:
+        if not resend_stale:
+            raise
+        response = await pool.request(method, request_target, headers, data, fresh=True)
+    try:
+        answer_headers = header_rules.response_headers(upstream_headers=response.headers)
+        length = response.header(b"content-length")
         small = length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT_BYTES
         if method == "HEAD" or response.status in (204, 304) or small:
             body = await response.read()
             response.release()
             return UpstreamAnswer(
-                status=response.status, reason=response.reason or "", headers=answer_headers, body=body
+                status=response.status, reason=response.reason, headers=answer_headers, body=body
             )
         return UpstreamAnswer(
             status=response.status,
-            reason=response.reason or "",
+            reason=response.reason,
             headers=answer_headers,
             response=response,
             read_timeout=read_timeout,
@@ -365,10 +344,11 @@ async def upstream_forward(
                         headers=telemetry.inject_pairs(send_headers),
                         data=data,
                         read_timeout=remaining,
+                        resend_stale=retry_after_send and streamed is None,
                     )
                 span.set_status_code(answer.status)
             outcome = str(answer.status)
-        except aiohttp.ClientConnectorError as exc:
+        except UpstreamConnectError as exc:
             # Refused / unreachable before one byte went out: safe to retry for every method.
             _failure(target_url, service)
             last_error: ApplicationError = BadGateway(f"Could not connect to {service}.")
@@ -379,7 +359,7 @@ async def upstream_forward(
             _failure(target_url, service)
             outcome = "timeout"
             raise GatewayTimeout(f"{service} did not answer within {route.timeout_ms} ms.") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             # Reset, closed mid-answer, unparsable status line: the request may have been acted on.
             _failure(target_url, service)
             last_error = BadGateway(f"{service} closed the connection or sent an invalid response.")

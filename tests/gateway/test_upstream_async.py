@@ -654,7 +654,7 @@ def test_a_50_mib_stream_keeps_memory_bounded_and_pushes_back_on_the_upstream(ra
 
     received, sent_while_paused, growth_kb = run(go())
     assert received == total
-    # Socket buffers plus aiohttp's bounded buffer, not the 50 MiB that was sent.
+    # Socket buffers plus the client's bounded buffer, not the 50 MiB that was sent.
     assert sent_while_paused < 16 * 1024 * 1024
     assert growth_kb < 24 * 1024
 
@@ -828,3 +828,45 @@ def test_bodiless_answers_are_buffered_and_the_connection_reused(raw_server, met
     assert (first.status, first.body, first.stream) == (status, b"", None)
     assert second.status == status
     assert len(server.heads) == 2  # both on the one kept-alive connection
+
+
+def answer_once_then_drop(server):
+    """Answer the first request of a connection; read the next one and close without a word."""
+
+    def behave(conn, data):
+        ok(conn, data)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        server.heads.append(data.split(b"\r\n\r\n")[0])
+
+    return behave
+
+
+def test_a_get_on_a_pooled_connection_closed_as_it_went_out_is_sent_again_at_once(raw_server):
+    server = None
+    server = raw_server(lambda conn, data: answer_once_then_drop(server)(conn, data))
+
+    async def go():
+        first = await forward(route(server.url, retry_count=0), path="/one")
+        second = await forward(route(server.url, retry_count=0), path="/two")
+        return first.status, second.status, second.body
+
+    assert run(go()) == (200, 200, b"ok")
+    assert [h.split(b" ")[1] for h in server.heads] == [b"/one", b"/two", b"/two"]
+
+
+def test_a_post_on_a_pooled_connection_closed_as_it_went_out_is_not_sent_again(raw_server):
+    server = None
+    server = raw_server(lambda conn, data: answer_once_then_drop(server)(conn, data))
+
+    async def go():
+        await forward(route(server.url, retry_count=2), method="POST", body=b"x")
+        with pytest.raises(BadGateway):
+            await forward(route(server.url, retry_count=2), method="POST", body=b"y")
+
+    run(go())
+    assert len(server.heads) == 2
