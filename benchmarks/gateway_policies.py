@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,10 @@ from benchmarks.gateway import (  # noqa: E402
     free_port,
     prepare_project,
     run_wrk,
-    server_commands,
     wait_http,
     warm,
 )
+from tests.support.servers import server_command  # noqa: E402  the production command line
 
 POLICIES = {
     "x-rate-limit": {"limit": 1_000_000, "window_seconds": 3600, "key": "ip"},
@@ -45,8 +46,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", default="32", help="wrk connections, e.g. 32,256")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also a route with only the rate limit, and one with only CORS",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install -y wrk)")
@@ -60,9 +66,13 @@ def main() -> None:
         env = prepare_project(upstream)
         route = {"method": "GET", "backend": "bench-upstream", "auth_required": False}
         routes = VAR / "routes-policies.json"
-        routes.write_text(
-            json.dumps({"routes": [{**route, "path": "/plain/**"}, {**route, "path": "/pol/**", **POLICIES}]})
-        )
+        entries = [{**route, "path": "/plain/**"}, {**route, "path": "/pol/**", **POLICIES}]
+        if args.breakdown:
+            entries += [
+                {**route, "path": "/rl/**", "x-rate-limit": POLICIES["x-rate-limit"]},
+                {**route, "path": "/cors/**", "x-cors": POLICIES["x-cors"]},
+            ]
+        routes.write_text(json.dumps({"routes": entries}))
         subprocess.run(
             [PY, str(ROOT / "manage.py"), "load_routes", str(routes)],
             env=env,
@@ -70,7 +80,7 @@ def main() -> None:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )
-        processes.append(subprocess.Popen(server_commands(port)["gunicorn"], env=env, cwd=ROOT))
+        processes.append(subprocess.Popen(server_command(port), env=env, cwd=ROOT))
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
         origin = {"Origin": "https://app.example"}
@@ -78,19 +88,45 @@ def main() -> None:
             Contender("route without policies", f"{base}/gw/plain/hello", origin),
             Contender("rate limit + CORS", f"{base}/gw/pol/hello", origin),
         ]
+        if args.breakdown:
+            contenders += [
+                Contender("rate limit only", f"{base}/gw/rl/hello", origin),
+                Contender("CORS only", f"{base}/gw/cors/hello", origin),
+            ]
         for contender in contenders:
             warm(contender.url, contender.headers)
+        levels = [int(n) for n in args.connections.split(",")]
+        results: dict[tuple[str, int], list] = {}
         for round_number in range(args.rounds):
-            for contender in contenders:
-                result = run_wrk(contender, args.duration, args.connections)
-                contender.results.append(result)
-                print(f"round {round_number + 1}: {contender.name:24} {result.rps:8.0f} req/s", flush=True)
-        plain, policed = (max(c.results, key=lambda r: r.rps) for c in contenders)
-        print(f"\nwrk -c{args.connections} -d{args.duration}s, best of {args.rounds} interleaved rounds")
-        for contender, best in zip(contenders, (plain, policed), strict=True):
-            latency = f"p50 {best.p50_ms:.2f} ms  p99 {best.p99_ms:.2f} ms"
-            print(f"{contender.name:24} {best.rps:8.0f} req/s  {latency}  errors {best.errors}")
-        print(f"ratio policies / none: {policed.rps / plain.rps:.2f}x (target >= 0.9x)")
+            for level in levels:
+                # Interleaved, and the order alternates, so load from elsewhere hits all alike.
+                for contender in contenders if round_number % 2 == 0 else contenders[::-1]:
+                    result = run_wrk(contender, args.duration, level)
+                    results.setdefault((contender.name, level), []).append(result)
+                    print(
+                        f"round {round_number + 1} c={level:<4} {contender.name:24} {result.rps:8.0f} req/s"
+                        f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  errors {result.errors}",
+                        flush=True,
+                    )
+                plain_rps = results[(contenders[0].name, level)][-1].rps
+                for contender in contenders[1:]:
+                    ratio = results[(contender.name, level)][-1].rps / plain_rps
+                    print(
+                        f"round {round_number + 1} c={level:<4} ratio {contender.name}: {ratio:.2f}x",
+                        flush=True,
+                    )
+        print(
+            f"\nwrk -t2 -d{args.duration}s, {args.rounds} interleaved rounds;"
+            " ratios to the route without policies"
+        )
+        for level in levels:
+            plain = results[(contenders[0].name, level)]
+            for contender in contenders[1:]:
+                ratios = [r.rps / p.rps for r, p in zip(results[(contender.name, level)], plain, strict=True)]
+                figures = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+                median = statistics.median(ratios)
+                print(f"c={level:<4} {contender.name:20} per round {figures}  median {median:.2f}x")
+        print("target >= 0.9x")
     finally:
         for process in processes:
             process.terminate()
