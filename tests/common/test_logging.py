@@ -60,6 +60,18 @@ def test_log_lines_of_a_request_are_json_with_its_correlation_id(log_lines):
     assert "Boom" in crash["exc_info"]
 
 
+@pytest.mark.urls("tests.common.faults")
+def test_log_lines_of_a_django_request_carry_the_trace_id_it_continued(log_lines):
+    web = Client(raise_request_exception=False)
+
+    response = web.get("/boom", HTTP_TRACEPARENT="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+
+    assert response.status_code == 500
+    lines = log_lines()
+    assert any(line["logger"] == "gatehouse.errors" for line in lines)
+    assert {line["trace_id"] for line in lines} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
+
+
 def call_lean_gateway(path: str, **headers: str) -> tuple[str, dict[str, str], bytes]:
     """One request through the production `/gw` entrance (config/wsgi.py's GatewayDispatch)."""
     environ = RequestFactory().get(path, **headers).environ
