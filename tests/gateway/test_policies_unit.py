@@ -201,7 +201,7 @@ def test_a_hot_key_leases_cells_and_is_counted_exactly_near_its_limit(monkeypatc
     key = f"ratelimit:t:lease:{uuid.uuid4().hex}"
     # two instances on one key, 10 000 requests a second between them, limit 1000 per 10 minutes
     # (0.15 s of requests: no cell comes back meanwhile)
-    first, second = (Limiter(url=settings.REDIS_URL, clock=clock) for _ in range(2))
+    first, second = (Limiter(url=settings.REDIS_URL, clock=clock, lease_seconds=0.005) for _ in range(2))
 
     async def run(count: int) -> list[int]:
         admitted = []
@@ -218,6 +218,32 @@ def test_a_hot_key_leases_cells_and_is_counted_exactly_near_its_limit(monkeypatc
     assert sum(admitted) == 1000  # exactly the limit: leases never admit more, none left unspent
     assert admitted[:1000] == [1] * 1000
     assert trips_to_the_limit < 1000 / 4  # most requests spent a leased cell, no round trip
+
+
+def test_the_unspent_cells_of_an_expired_lease_are_given_back(monkeypatch):
+    from django.conf import settings
+
+    trips = _counting_round_trips(monkeypatch)
+    clock = _Clock()
+    limiter = Limiter(url=settings.REDIS_URL, clock=clock, lease_seconds=0.005)
+    key = f"ratelimit:t:refund:{uuid.uuid4().hex}"
+    interval, window = 10_000, 100_000_000  # 10 000 per 10^5 s: no cell comes back in a test
+
+    async def hit() -> tuple:
+        return await limiter.hit_async(key, interval, window)
+
+    async def run() -> tuple:
+        for _ in range(800):  # 20 000 a second: the key leases
+            clock.now += 0.00005
+            await hit()
+        leased_trips = len(trips)
+        clock.now += 1.0  # the lease expires with cells unspent
+        return leased_trips, await hit()
+
+    leased_trips, after = asyncio.run(run())
+
+    assert leased_trips < 800 / 4
+    assert after[0] == 1 and after[1] == 10_000 - 801  # exactly the 801 requests are spent
 
 
 def test_a_key_seen_now_and_then_takes_one_cell_per_request(monkeypatch):
