@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,12 +34,39 @@ from benchmarks.gateway import (  # noqa: E402
     wait_http,
     warm,
 )
+from benchmarks.gateway_concurrency import descendants  # noqa: E402
 from tests.support.servers import server_command  # noqa: E402  the production command line
 
 POLICIES = {
     "x-rate-limit": {"limit": 1_000_000, "window_seconds": 3600, "key": "ip"},
     "x-cors": {"origins": ["https://app.example"], "methods": ["GET"], "expose_headers": ["X-Cost"]},
 }
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the server and its workers have used so far (/proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _forget_counts(redis_url: str | None) -> None:
+    """A fresh database reuses route ids, so an earlier run's counts (`ratelimit:{route id}:…`)
+    would still be spent: they are deleted (SCAN, in REDIS_URL's database only)."""
+    if not redis_url:
+        return
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("ratelimit:*", count=1000):
+        client.delete(key)
+    client.close()
 
 
 def main() -> None:
@@ -64,6 +92,7 @@ def main() -> None:
         processes.append(subprocess.Popen([PY, "-c", ASYNC_UPSTREAM, str(upstream_port)]))
         wait_http(f"{upstream}/hello")
         env = prepare_project(upstream)
+        _forget_counts(env.get("REDIS_URL"))
         route = {"method": "GET", "backend": "bench-upstream", "auth_required": False}
         routes = VAR / "routes-policies.json"
         entries = [{**route, "path": "/plain/**"}, {**route, "path": "/pol/**", **POLICIES}]
@@ -80,7 +109,8 @@ def main() -> None:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )
-        processes.append(subprocess.Popen(server_command(port), env=env, cwd=ROOT))
+        server = subprocess.Popen(server_command(port), env=env, cwd=ROOT)
+        processes.append(server)
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
         origin = {"Origin": "https://app.example"}
@@ -97,18 +127,26 @@ def main() -> None:
             warm(contender.url, contender.headers)
         levels = [int(n) for n in args.connections.split(",")]
         results: dict[tuple[str, int], list] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}
         for round_number in range(args.rounds):
             for level in levels:
                 # Interleaved, and the order alternates, so load from elsewhere hits all alike.
                 for contender in contenders if round_number % 2 == 0 else contenders[::-1]:
+                    cpu_before = tree_cpu_seconds(server.pid)
                     result = run_wrk(contender, args.duration, level)
+                    # The server's CPU per request: the policies' own cost, much steadier than
+                    # req/s on a machine other work shares (Redis's CPU is not in it).
+                    served = max(1.0, result.rps * args.duration)
+                    cpu_us = (tree_cpu_seconds(server.pid) - cpu_before) / served * 1e6
                     results.setdefault((contender.name, level), []).append(result)
+                    cpu.setdefault((contender.name, level), []).append(cpu_us)
                     print(
                         f"round {round_number + 1} c={level:<4} {contender.name:24} {result.rps:8.0f} req/s"
-                        f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  errors {result.errors}",
+                        f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  errors {result.errors}"
+                        f"  server CPU {cpu_us:6.0f} us/req",
                         flush=True,
                     )
-                plain_rps = results[(contenders[0].name, level)][-1].rps
+                plain_rps = max(1.0, results[(contenders[0].name, level)][-1].rps)
                 for contender in contenders[1:]:
                     ratio = results[(contender.name, level)][-1].rps / plain_rps
                     print(
@@ -122,10 +160,18 @@ def main() -> None:
         for level in levels:
             plain = results[(contenders[0].name, level)]
             for contender in contenders[1:]:
-                ratios = [r.rps / p.rps for r, p in zip(results[(contender.name, level)], plain, strict=True)]
+                pairs = zip(results[(contender.name, level)], plain, strict=True)
+                ratios = [r.rps / max(1.0, p.rps) for r, p in pairs]
                 figures = ", ".join(f"{ratio:.2f}" for ratio in ratios)
                 median = statistics.median(ratios)
                 print(f"c={level:<4} {contender.name:20} per round {figures}  median {median:.2f}x")
+            for contender in contenders:
+                spent = cpu[(contender.name, level)]
+                figures = ", ".join(f"{us:.0f}" for us in spent)
+                print(
+                    f"c={level:<4} {contender.name:24} server CPU us/req per round {figures}"
+                    f"  median {statistics.median(spent):.0f}"
+                )
         print("target >= 0.9x")
     finally:
         for process in processes:
