@@ -18,7 +18,7 @@ class CorrelationIdFilter(logging.Filter):
             # the request, which carries its id.
             correlation_id = getattr(getattr(record, "request", None), "correlation_id", "")
         record.correlation_id = correlation_id
-        record.trace_id = get_trace_id()
+        record.trace_id = get_trace_id() or getattr(getattr(record, "request", None), "trace_id", "")
         return True
 
 

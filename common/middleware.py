@@ -12,8 +12,10 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import get_resolver, get_urlconf
 from django.views.debug import ExceptionReporter
 
+from common import telemetry
 from common.correlation import accept_correlation_id, reset_correlation_id, set_correlation_id
 from common.errors import PROBLEM_CONTENT_TYPE, ApplicationError, problem_response
+from common.tracing import reset_trace, set_trace, trace_context
 
 logger = logging.getLogger("gatehouse.errors")
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -38,6 +40,38 @@ class CorrelationIdMiddleware:
             return response
         finally:
             reset_correlation_id(token)
+
+
+class TraceMiddleware:
+    """W3C trace context for the Django side (/api, /internal, admin, /readyz…), as the gateway
+    hop has it: the client's `traceparent` continued (same trace id) or a trace started, current
+    for the request (log lines, outbox events). With export on, the request is a server span
+    `django.request` (docs/telemetry.md) whose children are the spans made while it runs
+    (`order.create`…); off, no span is made."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        trace = trace_context(request.META.get("HTTP_TRACEPARENT"))
+        request.trace_id = trace.trace_id  # type: ignore[attr-defined]  # for lines logged after the reset
+        token = set_trace(trace)
+        try:
+            if not telemetry.enabled():
+                return self.get_response(request)
+            with telemetry.span(
+                "django.request",
+                kind="server",
+                trace=trace,
+                attributes={"http.request.method": request.method},
+            ) as span:
+                response = self.get_response(request)
+                match = getattr(request, "resolver_match", None)
+                span.set_attribute("http.route", f"/{match.route}" if match is not None else "unmatched")
+                span.set_status_code(response.status_code)
+                return response
+        finally:
+            reset_trace(token)
 
 
 class _SilentExceptionReporter(ExceptionReporter):

@@ -191,6 +191,19 @@ def current_traceparent() -> str | None:
     return _format(_api.get_current_span().get_span_context())
 
 
+def carried_traceparent() -> str | None:
+    """The traceparent that work started now must carry on (an outbox event, a message): the
+    current span's when exporting, else the request's W3C trace context (common/tracing.py),
+    None outside any request or span."""
+    value = current_traceparent()
+    if value is None:
+        from common.tracing import current_trace
+
+        trace = current_trace()
+        value = trace.traceparent() if trace is not None else None
+    return value
+
+
 def inject(headers: dict[str, str]) -> None:
     """Point the outgoing `traceparent` at the current span (leaves `headers` alone when disabled)."""
     if _tracer is None:

@@ -27,10 +27,18 @@ import logging
 import os
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
+from uvicorn.config import STARTUP_FAILURE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
-_django_wsgi = get_wsgi_application()
+try:
+    _django_wsgi = get_wsgi_application()
+except ImproperlyConfigured as exc:
+    # Bad configuration (e.g. GATEWAY_DEFAULT_POLICIES) fails the same way on every restart: the
+    # worker exits as "failed to start", so the server stops instead of restarting it forever.
+    logging.getLogger("gatehouse.server").critical("configuration error: %s", exc)
+    raise SystemExit(STARTUP_FAILURE) from exc
 
 from django.conf import settings  # noqa: E402
 

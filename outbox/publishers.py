@@ -3,6 +3,10 @@
 A publisher receives events of distinct aggregates (the relay sends one "wave" at a time so an
 aggregate's next event is only sent after the previous one was confirmed) and returns the events
 it could NOT confirm, with the reason. Everything it does not name is confirmed.
+
+Every message carries the `traceparent` stored with its event (the work that wrote it): the
+broker's as a message header, the webhook's as an HTTP header. With span export on, each
+delivery is an `outbox.deliver` span in that trace, and the traceparent sent names it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import kombu
 import requests
 from amqp.method_framing import frame_writer
 from django.conf import settings
+
+from common import telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,21 @@ class RelayEvent:
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _delivery_span(event: RelayEvent) -> Any:
+    """One event's delivery, a span continuing the trace stored with the event (a no-op off)."""
+    return telemetry.span(
+        "outbox.deliver",
+        kind="producer",
+        parent_traceparent=event.headers.get("traceparent"),
+        attributes={"outbox.event_id": str(event.id), "outbox.event_type": event.type},
+    )
+
+
+def _sent_traceparent(event: RelayEvent, span: Any) -> str | None:
+    """The delivery span's traceparent, or (export off) the one stored with the event."""
+    return span.traceparent or event.headers.get("traceparent")
 
 
 Failures = dict[UUID, str]
@@ -218,16 +239,17 @@ class BrokerPublisher:
             self._publish_amqp(producer, events)
             return
         for event in events:  # e.g. Redis: the write returning is the confirmation
-            producer.publish(
-                event.body(),
-                routing_key=event.type,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,
-                message_id=str(event.id),
-                headers=self._headers(event),
-                retry=False,
-            )
+            with _delivery_span(event) as span:
+                producer.publish(
+                    event.body(),
+                    routing_key=event.type,
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    message_id=str(event.id),
+                    headers=self._headers(event, _sent_traceparent(event, span)),
+                    retry=False,
+                )
 
     def wait(self) -> Failures:
         events, self._in_flight = self._in_flight, []
@@ -243,7 +265,7 @@ class BrokerPublisher:
         return {event.id: "broker: nacked" for event in events if event.id in nacked}
 
     @staticmethod
-    def _headers(event: RelayEvent) -> dict[str, Any]:
+    def _headers(event: RelayEvent, traceparent: str | None) -> dict[str, Any]:
         headers: dict[str, Any] = {
             "aggregatetype": event.aggregatetype,
             "aggregateid": event.aggregateid,
@@ -251,6 +273,8 @@ class BrokerPublisher:
         }
         if correlation_id := event.headers.get("correlation_id"):
             headers["correlation_id"] = str(correlation_id)
+        if traceparent:
+            headers["traceparent"] = traceparent
         return headers
 
     def _publish_amqp(self, producer: kombu.Producer, events: Sequence[RelayEvent]) -> None:
@@ -268,17 +292,18 @@ class BrokerPublisher:
 
     def _publish_frames(self, channel: Any, exchange: str, events: Sequence[RelayEvent]) -> None:
         for event in events:
-            message = amqp.Message(
-                event.body(),
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,  # persistent
-                message_id=str(event.id),
-                application_headers=self._headers(event),
-            )
-            self._unacked[self._next_tag] = event.id
-            self._next_tag += 1
-            channel.basic_publish(message, exchange=exchange, routing_key=event.type)
+            with _delivery_span(event) as span:  # the write; the wave's confirms come after
+                message = amqp.Message(
+                    event.body(),
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    delivery_mode=2,  # persistent
+                    message_id=str(event.id),
+                    application_headers=self._headers(event, _sent_traceparent(event, span)),
+                )
+                self._unacked[self._next_tag] = event.id
+                self._next_tag += 1
+                channel.basic_publish(message, exchange=exchange, routing_key=event.type)
 
     def _wait_for_confirms(self) -> None:
         assert self._connection is not None
@@ -320,13 +345,20 @@ class WebhookPublisher:
             }
             if correlation_id := event.headers.get("correlation_id"):
                 headers["X-Correlation-ID"] = str(correlation_id)
-            try:
-                response = self.session.post(self.url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT)
-            except requests.RequestException as exc:
-                failures[event.id] = f"webhook: {type(exc).__name__}: {exc}"
-                continue
-            if not 200 <= response.status_code < 300:
-                failures[event.id] = f"webhook: HTTP {response.status_code} {response.text[:200]}"
+            with _delivery_span(event) as span:
+                if traceparent := _sent_traceparent(event, span):
+                    headers["traceparent"] = traceparent
+                try:
+                    response = self.session.post(
+                        self.url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT
+                    )
+                except requests.RequestException as exc:
+                    failures[event.id] = f"webhook: {type(exc).__name__}: {exc}"
+                    span.set_error(failures[event.id])
+                    continue
+                span.set_status_code(response.status_code)
+                if not 200 <= response.status_code < 300:
+                    failures[event.id] = f"webhook: HTTP {response.status_code} {response.text[:200]}"
         return failures
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from django.db import NotSupportedError, models, transaction
 from django.db.models import NOT_PROVIDED
 from django.utils import timezone
 
+from common import telemetry
 from common.correlation import get_correlation_id
 from common.errors import ApplicationError
 from outbox.models import OutboxEvent
@@ -73,6 +74,17 @@ def _nudge_relay_on_commit(using: str) -> None:
     transaction.on_commit(_nudge_relay, using=using)
 
 
+def _event_headers(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What an event carries of the work that wrote it: the correlation id and the W3C trace
+    context (`traceparent`), so its delivery continues that trace; then the caller's own."""
+    headers = {
+        "correlation_id": get_correlation_id(),
+        "traceparent": telemetry.carried_traceparent(),
+        **(extra or {}),
+    }
+    return {key: value for key, value in headers.items() if value}
+
+
 def outbox_publish(
     *,
     aggregatetype: str,
@@ -95,14 +107,13 @@ def outbox_publish(
         raise OutboxOutsideTransaction(
             "outbox_publish() must run inside the business transaction (transaction.atomic)."
         )
-    event_headers = {"correlation_id": get_correlation_id(), **(headers or {})}
     _nudge_relay_on_commit(using)
     event = OutboxEvent(
         aggregatetype=aggregatetype,
         aggregateid=str(aggregateid),
         type=type,
         payload=payload,
-        headers={key: value for key, value in event_headers.items() if value},
+        headers=_event_headers(headers),
     )
     if event_id is None:
         event.save(using=using, force_insert=True)
@@ -134,11 +145,11 @@ def outbox_publish_many(
         raise OutboxOutsideTransaction(
             "outbox_publish_many() must run inside the business transaction (transaction.atomic)."
         )
-    correlation_id = get_correlation_id()
+    common_headers = _event_headers()
     base = timezone.now()
     rows = []
     for index, event in enumerate(events):
-        event_headers = {"correlation_id": correlation_id, **(event.get("headers") or {})}
+        event_headers = {**common_headers, **(event.get("headers") or {})}
         rows.append(
             {
                 "id": uuid.uuid4(),
@@ -207,7 +218,6 @@ def outbox_publish_select(
         raise NotSupportedError("outbox_publish_select() needs PostgreSQL; use outbox_publish_many().")
     from psycopg.types.json import Jsonb
 
-    correlation_id = get_correlation_id()
     now = timezone.now()
     given = {
         # Time-ordered (UUIDv7 layout): a million ids appended to the primary key's right edge
@@ -224,7 +234,7 @@ def outbox_publish_select(
         "created_at": "%(outbox_now)s",
     }
     values = {
-        "outbox_headers": Jsonb({"correlation_id": correlation_id} if correlation_id else {}),
+        "outbox_headers": Jsonb(_event_headers()),
         "outbox_now": now,
     }
     columns, expressions = [], []

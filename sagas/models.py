@@ -48,6 +48,8 @@ class SagaInstance(models.Model):
     # What the saga is about (the order id for order.placement): the order admin links it.
     reference = models.CharField(max_length=255, blank=True, db_index=True)
     correlation_id = models.CharField(max_length=255, blank=True)
+    # W3C trace context of the work that started the saga: each step's span continues it.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
     current_step = models.CharField(max_length=100, blank=True)
     # When the step it waits on is overdue (a wait step's deadline): the sweep acts on it.
     deadline = models.DateTimeField(null=True, blank=True)

@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from common import telemetry
 from common.correlation import get_correlation_id
 from common.errors import Conflict, NotFound
 from outbox.services import outbox_publish
@@ -174,6 +175,7 @@ def saga_start(
             current_step="" if definition.steps[0].is_wait else definition.steps[0].name,
             reference=str(reference),
             correlation_id=get_correlation_id() or "",
+            traceparent=telemetry.carried_traceparent() or "",
             created_at=now,
             updated_at=now,
         )
@@ -281,7 +283,7 @@ WHERE i.id = %(saga)s AND s.saga_id = i.id AND s.name = %(name)s AND s.kind = %(
   AND i.status = %(saga_status)s AND %(leases)s::jsonb ? i.saga_type
   AND ((s.status = 'pending' AND s.not_before <= %(now)s)
        OR (s.status = 'running' AND s.lease_expires_at <= %(now)s))
-RETURNING s.id, s.position, s.attempts, i.saga_type, i.reference, i.context
+RETURNING s.id, s.position, s.attempts, i.saga_type, i.reference, i.context, i.traceparent
 """
 
 
@@ -295,6 +297,7 @@ class _Claimed:
     saga_type: str
     reference: str
     context: dict[str, Any]
+    traceparent: str
 
 
 def _claim(*, saga_id: str, name: str, kind: str, now: datetime) -> _Claimed | None:
@@ -326,10 +329,10 @@ def _claim(*, saga_id: str, name: str, kind: str, now: datetime) -> _Claimed | N
         row = cursor.fetchone()
     if row is None:
         return None
-    pk, position, attempts, saga_type, reference, context = row
+    pk, position, attempts, saga_type, reference, context, traceparent = row
     if isinstance(context, str):
         context = json.loads(context)
-    return _Claimed(pk, name, kind, position, attempts, saga_type, reference, context)
+    return _Claimed(pk, name, kind, position, attempts, saga_type, reference, context, traceparent)
 
 
 def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = None) -> StepRunResult:
@@ -352,25 +355,40 @@ def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = 
     started = time.perf_counter()
     update: dict[str, Any] | None = None
     error = ""
-    if claimed.attempts > _max_attempts(step):
-        outcome, error = "failed", "lease expired on the last attempt"
-    else:
-        try:
-            assert function is not None
-            update = function(call)
-            outcome = "succeeded"
-        except StepSkipped as exc:
-            outcome, error = "skipped", str(exc)
-        except StepRejected as exc:
-            outcome, error = "rejected", f"{exc.reason}: {exc}"
-            update = {"_reason": exc.reason}
-        except StepRetry as exc:
-            outcome, error = "retry", str(exc) or exc.__class__.__name__
-        except Exception as exc:  # a bug or an unexpected answer: retried like a transient error
-            logger.exception("saga step %s/%s raised", saga_id, name)
-            outcome, error = "retry", f"{exc.__class__.__name__}: {exc}"
-        if outcome == "retry" and claimed.attempts >= _max_attempts(step):
-            outcome = "failed"
+    # In the trace of the work that started the saga, whichever task, retry or sweep runs it.
+    with telemetry.span(
+        "saga.step",
+        parent_traceparent=claimed.traceparent or None,
+        attributes={
+            "saga.name": claimed.saga_type,
+            "saga.id": str(saga_id),
+            "saga.step": name,
+            "saga.step_kind": kind,
+            "saga.attempt": claimed.attempts,
+        },
+    ) as span:
+        if claimed.attempts > _max_attempts(step):
+            outcome, error = "failed", "lease expired on the last attempt"
+        else:
+            try:
+                assert function is not None
+                update = function(call)
+                outcome = "succeeded"
+            except StepSkipped as exc:
+                outcome, error = "skipped", str(exc)
+            except StepRejected as exc:
+                outcome, error = "rejected", f"{exc.reason}: {exc}"
+                update = {"_reason": exc.reason}
+            except StepRetry as exc:
+                outcome, error = "retry", str(exc) or exc.__class__.__name__
+            except Exception as exc:  # a bug or an unexpected answer: retried like a transient error
+                logger.exception("saga step %s/%s raised", saga_id, name)
+                outcome, error = "retry", f"{exc.__class__.__name__}: {exc}"
+            if outcome == "retry" and claimed.attempts >= _max_attempts(step):
+                outcome = "failed"
+        span.set_attribute("saga.outcome", outcome)
+        if outcome in ("retry", "failed"):
+            span.set_error(error)
     duration = time.perf_counter() - started
     metrics.STEP_DURATION.labels(claimed.saga_type, name, outcome).observe(duration)
     recorded = _step_record(

@@ -34,6 +34,7 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from config.server.logconfig import log_config
     from config.server.protocol import GatehouseHttpProtocol
@@ -62,7 +63,10 @@ def main() -> None:
         access_log=settings.ACCESS_LOG,
     )
     sock = config.bind_socket()
-    Supervisor(config, sockets=[sock]).run()
+    supervisor = Supervisor(config, sockets=[sock])
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        raise SystemExit(STARTUP_FAILURE)  # a worker could not start: say so to whoever started us
 
 
 if __name__ == "__main__":

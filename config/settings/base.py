@@ -30,6 +30,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # Correlation id first, so every later log line and error body carries it.
     "common.middleware.CorrelationIdMiddleware",
+    # Trace context next: the request's span (export on) holds everything below it.
+    "common.middleware.TraceMiddleware",
     "common.middleware.ProblemDetailsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

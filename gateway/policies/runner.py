@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.tracing import set_trace_id
+from common.tracing import set_trace
 from gateway.policies.base import EarlyResponse, PolicyRequest, PolicyState
 from gateway.policies.client_address import client_address
 from gateway.policies.registry import PolicySet
@@ -23,9 +23,9 @@ from gateway.policies.tracing import TraceContext, trace_context
 
 
 def trace_begin(traceparent: str | None) -> tuple[TraceContext, Any]:
-    """The request's trace context, its trace id put in the logging contextvar (reset with the token)."""
+    """The request's trace context, made current (log lines, outbox events; reset with the token)."""
     trace = trace_context(traceparent)
-    return trace, set_trace_id(trace.trace_id)
+    return trace, set_trace(trace)
 
 
 def policy_request(

@@ -30,7 +30,7 @@ from django.conf import settings
 
 from common.correlation import get_correlation_id
 from common.errors import ApplicationError, PayloadTooLarge, ValidationFailed
-from common.tracing import reset_trace_id
+from common.tracing import reset_trace
 from gateway.models import SAFE_METHODS
 from gateway.policies import runner as policy
 from gateway.policies.base import PolicyState
@@ -85,7 +85,7 @@ class Gate:
         self.trace, self._token = policy.trace_begin(traceparent)
 
     def close(self) -> None:
-        reset_trace_id(self._token)
+        reset_trace(self._token)
 
 
 class RequestContext:

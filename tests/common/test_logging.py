@@ -61,6 +61,18 @@ def test_log_lines_of_a_request_are_json_with_its_correlation_id(log_lines):
     assert "Boom" in crash["exc_info"]
 
 
+@pytest.mark.urls("tests.common.faults")
+def test_log_lines_of_a_django_request_carry_the_trace_id_it_continued(log_lines):
+    web = Client(raise_request_exception=False)
+
+    response = web.get("/boom", HTTP_TRACEPARENT="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+
+    assert response.status_code == 500
+    lines = log_lines()
+    assert any(line["logger"] == "gatehouse.errors" for line in lines)
+    assert {line["trace_id"] for line in lines} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
+
+
 def _gateway_request(path: str, **headers: str):  # noqa: ANN202
     """One request to the production `/gw` application (gateway/asgi.py), in this process."""
     return asgi_request(gateway_asgi.application, "GET", path, headers=list(headers.items()))

@@ -80,6 +80,54 @@ def test_a_relay_batch_is_a_producer_span_inside_the_task_run(telemetry_on):
     assert not OutboxEvent.objects.filter(published_at__isnull=True).exists()
 
 
+def test_each_delivery_is_a_span_in_the_trace_stored_with_its_event(
+    telemetry_on, settings, http_server_factory
+):
+    from django.db import transaction
+
+    from outbox.publishers import close_cached_publisher
+    from outbox.services import outbox_publish
+    from tests.support.servers import Reply
+
+    receiver = http_server_factory(lambda request: Reply(204))
+    settings.OUTBOX_PUBLISHER, settings.OUTBOX_WEBHOOK_SECRET = "webhook", "s3cret"
+    settings.OUTBOX_WEBHOOK_URL = f"{receiver.url}/hooks"
+    writer = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with transaction.atomic(), telemetry.span("order.create") as writing:
+        traced = outbox_publish(aggregatetype="order", aggregateid="1", type="order.created", payload={})
+    with transaction.atomic():
+        given = outbox_publish(
+            aggregatetype="order",
+            aggregateid="2",
+            type="order.created",
+            payload={},
+            headers={"traceparent": writer},
+        )
+    try:
+        assert outbox_relay_batch().published == 2
+    finally:
+        close_cached_publisher()
+
+    (created,) = telemetry_on.wait_for("order.create")
+    assert traced.headers["traceparent"] == writing.traceparent
+    deliveries = {
+        span.attributes["outbox.event_id"]: span for span in telemetry_on.wait_for("outbox.deliver", 2)
+    }
+    first, second = deliveries[str(traced.id)], deliveries[str(given.id)]
+    assert (first.kind, first.trace_id, first.parent_span_id) == (
+        "producer",
+        created.trace_id,
+        created.span_id,
+    )
+    assert (second.trace_id, second.parent_span_id) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+    )
+    assert first.attributes["http.response.status_code"] == 204 and not first.error
+    sent = {request.header("traceparent") for request in receiver.requests}
+    assert sent == {f"00-{span.trace_id}-{span.span_id}-01" for span in (first, second)}
+
+
 def test_a_relay_run_with_nothing_to_relay_sends_no_batch_span(telemetry_on):
     assert outbox_relay_batch().claimed == 0
     with telemetry.span("marker"):

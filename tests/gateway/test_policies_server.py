@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -52,6 +53,92 @@ def test_limit_per_user_is_shared_by_two_instances(
     assert bob.status_code == 200
     metrics = requests.get(f"{first}/metrics", timeout=10).text
     assert 'gatehouse_rate_limited_total{route="/limited/**"}' in metrics
+    anonymous = requests.get(f"{first}/gw/limited/x", timeout=10)  # answered before the count
+    assert anonymous.status_code == 401
+    assert anonymous.headers["RateLimit-Policy"] == '"gw";q=5;w=60'
+    assert len(upstream.requests) == 6
+
+
+def test_a_tenant_limit_is_shared_by_the_users_of_that_tenant(
+    http_server_factory, gateway_process_factory, token_service
+):
+    upstream = http_server_factory(_ok)
+    proxy_route(
+        upstream.url,
+        path="/tenant/**",
+        auth_required=True,
+        policies={"rate_limit": {"limit": 3, "window_seconds": 60, "key": "tenant"}},
+    )
+    gateway = gateway_process_factory(token_service.env)
+
+    def call(sub: str, tenant_id: str) -> int:
+        headers = {"Authorization": token_service.bearer(sub=sub, tenant_id=tenant_id)}
+        return requests.get(f"{gateway}/gw/tenant/a", headers=headers, timeout=10).status_code
+
+    acme = [call(sub, "acme") for sub in ("alice", "bob", "carol", "alice")]
+    other = call("dave", "globex")
+
+    assert acme == [200, 200, 200, 429]  # three users, one tenant quota
+    assert other == 200
+
+
+def test_default_policies_apply_to_every_route_unless_it_drops_them(
+    http_server_factory, gateway_process_factory
+):
+    upstream = http_server_factory(_ok)
+    proxy_route(upstream.url, path="/guarded/**")
+    proxy_route(upstream.url, path="/exempt/**", policies={"ip_deny": None})
+    proxy_route(upstream.url, path="/own/**", policies={"ip_deny": ["10.0.0.0/8"]})
+    defaults = {"ip_deny": ["127.0.0.0/8", "::1/128"], "response_headers": {"set": {"X-Policy": "default"}}}
+    gateway = gateway_process_factory({"GATEWAY_DEFAULT_POLICIES": json.dumps(defaults)})
+
+    guarded = requests.get(f"{gateway}/gw/guarded/a", timeout=10)
+    exempt = requests.get(f"{gateway}/gw/exempt/a", timeout=10)
+    own = requests.get(f"{gateway}/gw/own/a", timeout=10)
+
+    assert guarded.status_code == 403 and guarded.json()["type"].endswith("/ip-denied")
+    assert exempt.status_code == 200 and own.status_code == 200  # the route's own rule replaces it
+    assert {r.headers.get("X-Policy") for r in (guarded, exempt, own)} == {"default"}
+    assert len(upstream.requests) == 2
+
+
+def test_policies_written_around_validation_never_set_identity_or_credentials_with_a_wildcard(
+    http_server_factory, gateway_process_factory, token_service
+):
+    # given routes whose policies were written straight into the table (shell, SQL), not
+    # through admin or load_routes, which refuse both
+    upstream = http_server_factory(_ok)
+    proxy_route(
+        upstream.url,
+        path="/forged/**",
+        auth_required=True,
+        policies={"request_headers": {"set": {"X-User-ID": "admin", "X-Tenant-ID": "root"}}},
+    )
+    proxy_route(upstream.url, path="/wildcard/**", policies={"cors": {"origins": ["*"], "credentials": True}})
+    gateway = gateway_process_factory(token_service.env)
+
+    forged = requests.get(
+        f"{gateway}/gw/forged/a",
+        headers={"Authorization": token_service.bearer(sub="alice", tenant_id="acme")},
+        timeout=10,
+    )
+    evil = {"Origin": "https://evil.example"}
+    wildcard = requests.get(f"{gateway}/gw/wildcard/a", headers=evil, timeout=10)
+
+    # then the upstream sees the verified identity only, and no origin is trusted with credentials
+    assert forged.status_code == 200
+    (seen,) = [r for r in upstream.requests if r.path.startswith("/forged")]
+    assert seen.header_all("X-User-ID") == ["alice"] and seen.header_all("X-Tenant-ID") == ["acme"]
+    assert wildcard.status_code == 200
+    assert "Access-Control-Allow-Credentials" not in wildcard.headers
+    assert "Access-Control-Allow-Origin" not in wildcard.headers
+
+
+def test_a_bad_default_policy_set_stops_the_server(gateway_process_factory):
+    bad = json.dumps({"request_headers": {"set": {"X-User-ID": "admin"}}})
+
+    with pytest.raises(RuntimeError, match="exited"):
+        gateway_process_factory({"GATEWAY_DEFAULT_POLICIES": bad})
 
 
 def test_the_window_resets(http_server_factory, gateway_process_factory):

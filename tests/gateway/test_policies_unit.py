@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import uuid
 
 import pytest
 from django.core.management import call_command
@@ -175,6 +176,114 @@ def test_limiter_falls_back_to_local_counting_and_async_matches():
 
     assert asyncio.run(run()) == [1, 1, 1, 1, 1, 0]
     assert shared.hit("ratelimit:t:async", 12_000, 60_000)[0] == 0  # one count for both variants
+
+
+def _counting_round_trips(monkeypatch) -> list[int]:  # noqa: ANN001
+    """The number of scripts each Redis round trip of the async limiter carries."""
+    from gateway.policies import rate_limit
+
+    trips: list[int] = []
+    send = rate_limit._Batcher._send
+
+    async def counted(self, batch):  # noqa: ANN001, ANN202
+        trips.append(len(batch))
+        return await send(self, batch)
+
+    monkeypatch.setattr(rate_limit._Batcher, "_send", counted)
+    return trips
+
+
+def test_a_hot_key_leases_cells_and_is_counted_exactly_near_its_limit(monkeypatch):
+    from django.conf import settings
+
+    trips = _counting_round_trips(monkeypatch)
+    clock = _Clock()
+    key = f"ratelimit:t:lease:{uuid.uuid4().hex}"
+    # two instances on one key, 10 000 requests a second between them, limit 1000 per 10 minutes
+    # (0.15 s of requests: no cell comes back meanwhile)
+    first, second = (Limiter(url=settings.REDIS_URL, clock=clock, lease_seconds=0.005) for _ in range(2))
+
+    async def run(count: int) -> list[int]:
+        admitted = []
+        for n in range(count):
+            clock.now += 0.0001
+            limiter = (first, second)[n % 2]
+            admitted.append((await limiter.hit_async(key, 600, 600_000))[0])
+        return admitted
+
+    admitted = asyncio.run(run(1000))
+    trips_to_the_limit = len(trips)
+    admitted += asyncio.run(run(200))
+
+    assert sum(admitted) == 1000  # exactly the limit: leases never admit more, none left unspent
+    assert admitted[:1000] == [1] * 1000
+    assert trips_to_the_limit < 1000 / 4  # most requests spent a leased cell, no round trip
+
+
+def test_the_unspent_cells_of_an_expired_lease_are_given_back(monkeypatch):
+    from django.conf import settings
+
+    trips = _counting_round_trips(monkeypatch)
+    clock = _Clock()
+    limiter = Limiter(url=settings.REDIS_URL, clock=clock, lease_seconds=0.005)
+    key = f"ratelimit:t:refund:{uuid.uuid4().hex}"
+    interval, window = 10_000, 100_000_000  # 10 000 per 10^5 s: no cell comes back in a test
+
+    async def hit() -> tuple:
+        return await limiter.hit_async(key, interval, window)
+
+    async def run() -> tuple:
+        for _ in range(800):  # 20 000 a second: the key leases
+            clock.now += 0.00005
+            await hit()
+        leased_trips = len(trips)
+        clock.now += 1.0  # the lease expires with cells unspent
+        return leased_trips, await hit()
+
+    leased_trips, after = asyncio.run(run())
+
+    assert leased_trips < 800 / 4
+    assert after[0] == 1 and after[1] == 10_000 - 801  # exactly the 801 requests are spent
+
+
+def test_a_key_seen_now_and_then_takes_one_cell_per_request(monkeypatch):
+    from django.conf import settings
+
+    trips = _counting_round_trips(monkeypatch)
+    clock = _Clock()
+    limiter = Limiter(url=settings.REDIS_URL, clock=clock)
+    key = f"ratelimit:t:cold:{uuid.uuid4().hex}"
+
+    async def run() -> list[int]:
+        admitted = []
+        for _ in range(12):
+            clock.now += 1.0  # one request a second: no lease would be spent in time
+            admitted.append((await limiter.hit_async(key, 6_000, 60_000))[0])
+        return admitted
+
+    assert asyncio.run(run()) == [1] * 10 + [1, 0]  # the 11th: one interval has passed
+    assert len(trips) == 12
+
+
+def test_concurrent_hits_share_a_round_trip_and_each_counts_once(monkeypatch):
+    from django.conf import settings
+
+    trips = _counting_round_trips(monkeypatch)
+    limiter = Limiter(url=settings.REDIS_URL, clock=_Clock())
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).script_flush()  # the pipeline reloads it (NOSCRIPT)
+    keys = [f"ratelimit:t:many:{uuid.uuid4().hex}" for _ in range(3)]
+
+    async def run() -> list[tuple]:
+        return await asyncio.gather(*(limiter.hit_async(keys[n % 3], 20_000, 60_000) for n in range(12)))
+
+    results = asyncio.run(run())
+
+    assert trips[0] > 1  # one pipeline for the requests that arrived together
+    for n, key in enumerate(keys):  # 3 per key per minute: 4 hits each, the last refused
+        assert [result[0] for result in results[n::3]] == [1, 1, 1, 0], key
+    assert limiter.down_since is None
 
 
 @pytest.mark.django_db

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+from django.utils import timezone
 
 from tests.gateway.proxy_support import proxy_route
 from tests.support.otlp import running_collector
@@ -103,6 +104,57 @@ def test_an_order_created_through_the_api_is_exported_as_its_span(
     (span,) = otlp_collector.wait_for("order.create")
     assert span.attributes["order.id"] == answer.json()["id"]
     assert span.kind == "internal" and not span.error
+
+
+def test_a_django_request_is_a_server_span_of_the_callers_trace_and_its_event_carries_it(
+    gateway_process_factory,
+    otlp_collector,
+    token_service,
+):
+    from outbox.models import OutboxEvent
+
+    gateway = gateway_process_factory({**token_service.env, **_env(otlp_collector.url)})
+    body = {
+        "store_id": "7b0c6f1e-3d2a-4c55-9a0e-2f1d6f7e8a90",
+        "currency": "USD",
+        "delivery_address": "1 Main St",
+        "contact_phone": "+14155550100",
+        "items": [{"sku": "S1", "name": "Widget", "quantity": 1, "unit_price": "3.50"}],
+    }
+
+    answer_started = timezone.now()
+    answer = requests.post(
+        f"{gateway}/api/orders",
+        json=body,
+        headers={
+            "Authorization": token_service.bearer(sub="u1", tenant_id="t1"),
+            "Idempotency-Key": "k-traced",
+            "traceparent": f"00-{PARENT_TRACE}-{PARENT_SPAN}-01",
+        },
+        timeout=10,
+    )
+    missing = requests.get(f"{gateway}/api/nothing-here", timeout=10)
+
+    assert answer.status_code == 201, answer.text
+    assert missing.status_code == 404
+    (order,) = otlp_collector.wait_for("order.create")
+    by_route: dict = {}
+    for count in range(2, 50):  # /healthz, polled at start-up, is a Django request too
+        spans = otlp_collector.wait_for("django.request", count=count)
+        by_route = {span.attributes["http.route"]: span for span in spans}
+        if {"/api/orders", "unmatched"} <= set(by_route):
+            break
+    server, unmatched = by_route["/api/orders"], by_route["unmatched"]
+    assert (server.kind, server.trace_id, server.parent_span_id) == ("server", PARENT_TRACE, PARENT_SPAN)
+    assert server.attributes["http.request.method"] == "POST"
+    assert server.attributes["http.route"] == "/api/orders"
+    assert server.attributes["http.response.status_code"] == 201 and not server.error
+    assert (order.trace_id, order.parent_span_id) == (PARENT_TRACE, server.span_id)
+    assert unmatched.attributes["http.route"] == "unmatched"
+    assert unmatched.trace_id != PARENT_TRACE and unmatched.parent_span_id == ""
+    # The events written by the order name the span that wrote them: their delivery continues there.
+    events = OutboxEvent.objects.filter(created_at__gte=answer_started)
+    assert events and {e.headers["traceparent"] for e in events} == {f"00-{PARENT_TRACE}-{order.span_id}-01"}
 
 
 def test_an_empty_endpoint_is_unset_and_tracing_still_works(http_server_factory, gateway_process_factory):
