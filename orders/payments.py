@@ -249,19 +249,22 @@ def _payment_event_apply(
         ):
             outcome = PaymentOutcome.PAID
             events.order_event_publish(order=order, type=events.ORDER_PAID, payment=payment)
-            placement_order_paid(order_id=order.id, payment_event_id=event.event_id, now=now)
+            placement_order_paid(
+                order_id=order.id,
+                payment_event_id=event.event_id,
+                consumer_group_name=consumer_group_name,
+                now=now,
+            )
         elif order.status in _REFUND_REQUESTS:
             # Money arrived for an order that is no longer for sale: ask for a refund, under an
             # id derived from the payment event so a redelivery never asks twice.
             outcome, refund_type = _REFUND_REQUESTS[order.status]
-            events.order_event_publish(
+            _refund_request(
                 order=order,
                 type=refund_type,
-                event_id=events.refund_request_event_id(
-                    consumer_group_name=consumer_group_name, payment_event_id=event.event_id, type=refund_type
-                ),
+                consumer_group_name=consumer_group_name,
+                payment_event_id=event.event_id,
                 payment=payment,
-                refund=True,
             )
         else:
             outcome = PaymentOutcome.ALREADY_PAID
@@ -290,6 +293,78 @@ def _payment_event_apply(
         order_status=order.status,
         duplicate=False,
     )
+
+
+def _refund_request(
+    *,
+    order: Order,
+    type: str,
+    consumer_group_name: str,
+    payment_event_id: str,
+    payment: dict[str, str],
+    **extra: Any,
+) -> None:
+    """The refund request of one payment: its event id is derived from the payment event, so
+    every path that asks for it (a late payment, its redelivery, an unfulfilled paid order) asks
+    once."""
+    events.order_event_publish(
+        order=order,
+        type=type,
+        event_id=events.refund_request_event_id(
+            consumer_group_name=consumer_group_name, payment_event_id=payment_event_id, type=type
+        ),
+        payment=payment,
+        refund=True,
+        **extra,
+    )
+
+
+def payment_refund_unfulfilled(
+    *,
+    order: Order,
+    reason: str,
+    payment_event_id: str | None = None,
+    consumer_group_name: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """A paid order that cannot be fulfilled (its stock was never confirmed): paid → cancelled
+    (compare-and-set, `order.cancelled` with the reason) and a refund request for its payment.
+
+    The caller holds the order lock, inside its transaction. The request is the one a payment
+    for a cancelled order gets (`order.payment_after_cancellation`, refund: true) under the id
+    derived from the payment event, so a redelivery of that payment later asks for no second
+    refund. Without the payment event id from the caller it is looked up in processed_events
+    (and, purged, the order's id names the request). False when the order was not paid."""
+    now = now or timezone.now()
+    if order.status != OrderStatus.PAID:
+        return False
+    if payment_event_id is None:
+        processed = (
+            ProcessedEvent.objects.filter(order_id=order.id, outcome=PaymentOutcome.PAID)
+            .order_by("processed_at")
+            .values_list("event_id", "consumer_group_name")
+            .first()
+        )
+        if processed is not None:
+            payment_event_id, consumer_group_name = processed
+    if not order_transition(order=order, to=OrderStatus.CANCELLED, now=now, expected=OrderStatus.PAID):
+        return False
+    events.order_event_publish(order=order, type=events.ORDER_CANCELLED, reason=reason)
+    _refund_request(
+        order=order,
+        type=events.ORDER_PAYMENT_AFTER_CANCELLATION,
+        consumer_group_name=consumer_group_name or PAYMENT_CONSUMER_GROUP,
+        payment_event_id=payment_event_id or f"order:{order.id}",
+        payment={
+            "event_id": payment_event_id or "",
+            "provider_reference": order.payment_reference,
+            "amount": str(order.total_amount),
+            "currency": order.currency,
+        },
+        reason=reason,
+    )
+    logger.warning("paid order %s cancelled, its payment to be refunded: %s", order.id, reason)
+    return True
 
 
 def processed_events_purge(

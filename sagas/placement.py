@@ -174,17 +174,31 @@ class OrderPlacement(SagaDefinition):
 
     @classmethod
     def on_compensation_started(cls, saga: SagaInstance, reason: str) -> None:
-        """A step gave up (rejected, unavailable, operator): a still pending order is cancelled."""
+        """A step gave up (rejected, unavailable, operator): a still pending order is cancelled;
+        a paid one (its stock could not be confirmed) is cancelled and its payment refunded,
+        never left paid for stock it does not have. (The order row is locked already.)"""
         from django.utils import timezone
 
         from orders import events
         from orders.models import Order, OrderStatus
+        from orders.payments import payment_refund_unfulfilled
         from orders.services import order_transition
 
         order = Order.objects.filter(pk=saga.reference).first()
-        if order is None or order.status != OrderStatus.PENDING_PAYMENT:
+        if order is None:
             return
-        if order_transition(order=order, to=OrderStatus.CANCELLED, now=timezone.now()):
+        if order.status == OrderStatus.PAID:
+            payment = saga.context.get("payment") or {}
+            payment_refund_unfulfilled(
+                order=order,
+                reason=reason,
+                payment_event_id=payment.get("event_id"),
+                consumer_group_name=payment.get("consumer_group_name"),
+                now=timezone.now(),
+            )
+        elif order.status == OrderStatus.PENDING_PAYMENT and order_transition(
+            order=order, to=OrderStatus.CANCELLED, now=timezone.now()
+        ):
             events.order_event_publish(order=order, type=events.ORDER_CANCELLED, reason=reason)
 
     @classmethod
@@ -226,7 +240,11 @@ def placement_start(*, order: Any, items: list[dict[str, Any]], now: datetime) -
     return saga
 
 
-def placement_order_paid(*, order_id: Any, payment_event_id: str, now: datetime) -> bool:
+def placement_order_paid(
+    *, order_id: Any, payment_event_id: str, consumer_group_name: str, now: datetime
+) -> bool:
+    """The order was paid: await_payment completes. The payment event is kept in the context
+    (also when it comes before the step started), so a later compensation refunds that payment."""
     saga = services.saga_lock_by_reference(saga_type=SAGA_TYPE, reference=str(order_id))
     if saga is None:
         return False
@@ -236,6 +254,7 @@ def placement_order_paid(*, order_id: Any, payment_event_id: str, now: datetime)
         step_name="await_payment",
         event_id=f"{payment_event_id}",
         consumer_group_name=CONSUMER_GROUP,
+        update={"payment": {"event_id": payment_event_id, "consumer_group_name": consumer_group_name}},
         now=now,
     )
 

@@ -541,7 +541,8 @@ def saga_wait_complete(
 ) -> bool:
     """A wait step's event arrived (the caller holds the saga lock, see `_lock`): record it once
     in processed_events, succeed the step (compare-and-set) and advance. False for a duplicate
-    or when the saga no longer waits on it."""
+    or when the saga no longer waits on it. An event that comes before its step started keeps
+    its `update` in the context (the definition's `wait_satisfied` completes the step then)."""
     now = now or timezone.now()
     # Recorded once per (consumer group, event): one INSERT … ON CONFLICT DO NOTHING, instead of
     # a savepoint around an INSERT that may violate the unique constraint.
@@ -568,6 +569,8 @@ def saga_wait_complete(
         )
         row = cursor.fetchone()
     if row is None:
+        if update:
+            _saga_set(saga, expected=SagaStatus.RUNNING, now=now, context={**saga.context, **update})
         return False
     fields = {"context": {**saga.context, **update}} if update else {}
     _advance(saga, definition, after=row[0], now=now, fields=fields)
