@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from common.correlation import get_correlation_id
 from common.errors import Conflict, NotFound
-from outbox.services import outbox_publish
+from outbox.services import outbox_publish, outbox_publish_select
 from sagas import metrics
 from sagas.definitions import (
     SagaDefinition,
@@ -70,18 +70,33 @@ class StepRunResult:
 
 
 # --- helpers --------------------------------------------------------------------------------
+def _event_payload(saga: SagaInstance) -> dict[str, Any]:
+    return {
+        "saga_id": str(saga.id),
+        "saga_type": saga.saga_type,
+        "status": saga.status,
+        "reference": saga.reference,
+        "reason": saga.reason,
+    }
+
+
+# The same object as _event_payload(), built by PostgreSQL from the saga row saga_start's
+# statement inserts (CTE `saga`); the two sit together so a field added to one is added to both.
+_STARTED_EVENT_SQL = """
+SELECT 'saga' AS aggregatetype, saga.id::text AS aggregateid, 'saga.started' AS type,
+       jsonb_build_object(
+           'saga_id', saga.id::text, 'saga_type', saga.saga_type, 'status', saga.status,
+           'reference', saga.reference, 'reason', saga.reason
+       ) AS payload
+FROM saga
+"""
+assert f"'{AGGREGATE_TYPE}' AS aggregatetype" in _STARTED_EVENT_SQL
+assert f"'{SAGA_STARTED}' AS type" in _STARTED_EVENT_SQL
+
+
 def _event(saga: SagaInstance, type: str) -> None:
     outbox_publish(
-        aggregatetype=AGGREGATE_TYPE,
-        aggregateid=str(saga.id),
-        type=type,
-        payload={
-            "saga_id": str(saga.id),
-            "saga_type": saga.saga_type,
-            "status": saga.status,
-            "reference": saga.reference,
-            "reason": saga.reason,
-        },
+        aggregatetype=AGGREGATE_TYPE, aggregateid=str(saga.id), type=type, payload=_event_payload(saga)
     )
 
 
@@ -153,6 +168,28 @@ def _finish(
 
 
 # --- start ----------------------------------------------------------------------------------
+# The saga row, its action steps (the first already scheduled when it is an action: what
+# `_advance` would do after reading it back) and `saga.started`, in ONE statement: the outbox
+# INSERT … SELECT reads the saga row from the data-modifying CTE that wrote it.
+_START_WITH_SQL = """
+saga AS (
+    INSERT INTO sagas_instance (id, saga_type, status, context, reference, correlation_id,
+                                current_step, deadline, reason, created_at, updated_at, finished_at)
+    VALUES (%(saga_id)s, %(saga_type)s, %(status)s, %(context)s, %(reference)s, %(correlation_id)s,
+            %(current_step)s, NULL, '', %(now)s, %(now)s, NULL)
+    RETURNING id, saga_type, status, reference, reason
+),
+steps AS (
+    INSERT INTO sagas_step (saga_id, name, kind, position, status, attempts, last_error,
+                            not_before, lease_expires_at, started_at, finished_at, duration_ms)
+    SELECT saga.id, step.name, 'action', step.ordinality - 1, 'pending', 0, '',
+           CASE WHEN step.ordinality = 1 AND %(scheduled)s THEN %(now)s::timestamptz END,
+           NULL, NULL, NULL, NULL
+    FROM saga, unnest(%(names)s::text[]) WITH ORDINALITY AS step(name, ordinality)
+)
+"""
+
+
 def saga_start(
     *,
     saga_type: str,
@@ -162,38 +199,60 @@ def saga_start(
     saga_id: uuid.UUID | None = None,
 ) -> SagaInstance:
     """Create the saga and its action steps, write `saga.started`, and enqueue the first step on
-    commit. Runs inside the caller's transaction (a rollback leaves no saga)."""
+    commit. Runs inside the caller's transaction (a rollback leaves no saga). On PostgreSQL the
+    three writes are one statement (one round trip in the caller's transaction)."""
     now = now or timezone.now()
     definition = saga_definition(saga_type)
+    first = definition.steps[0]
+    scheduled = not first.is_wait
+    saga = SagaInstance(
+        id=saga_id or uuid.uuid4(),
+        saga_type=saga_type,
+        status=SagaStatus.RUNNING,
+        context=context,
+        current_step=first.name if scheduled else "",
+        reference=str(reference),
+        correlation_id=get_correlation_id() or "",
+        created_at=now,
+        updated_at=now,
+    )
     with transaction.atomic(savepoint=False):
-        saga = SagaInstance.objects.create(
-            id=saga_id or uuid.uuid4(),
-            saga_type=saga_type,
-            status=SagaStatus.RUNNING,
-            context=context,
-            current_step="" if definition.steps[0].is_wait else definition.steps[0].name,
-            reference=str(reference),
-            correlation_id=get_correlation_id() or "",
-            created_at=now,
-            updated_at=now,
-        )
-        # The first action step is scheduled as it is written (what `_advance` would do after
-        # reading it back): three INSERTs in the caller's transaction, no UPDATE.
-        first = definition.steps[0]
-        scheduled = not first.is_wait
-        SagaStep.objects.bulk_create(
-            [
-                SagaStep(
-                    saga=saga,
-                    name=step.name,
-                    kind=StepKind.ACTION,
-                    position=position,
-                    not_before=now if scheduled and position == 0 else None,
-                )
-                for position, step in enumerate(definition.steps)
-            ]
-        )
-        _event(saga, SAGA_STARTED)
+        if connection.vendor == "postgresql":
+            from psycopg.types.json import Jsonb
+
+            outbox_publish_select(
+                with_sql=_START_WITH_SQL,
+                select_sql=_STARTED_EVENT_SQL,
+                params={
+                    "saga_id": saga.id,
+                    "saga_type": saga.saga_type,
+                    "status": saga.status,
+                    "context": Jsonb(context),
+                    "reference": saga.reference,
+                    "correlation_id": saga.correlation_id,
+                    "current_step": saga.current_step,
+                    "now": now,
+                    "scheduled": scheduled,
+                    "names": [step.name for step in definition.steps],
+                },
+            )
+            saga._state.adding = False
+            saga._state.db = connection.alias
+        else:
+            saga.save(force_insert=True)
+            SagaStep.objects.bulk_create(
+                [
+                    SagaStep(
+                        saga=saga,
+                        name=step.name,
+                        kind=StepKind.ACTION,
+                        position=position,
+                        not_before=now if scheduled and position == 0 else None,
+                    )
+                    for position, step in enumerate(definition.steps)
+                ]
+            )
+            _event(saga, SAGA_STARTED)
         _count_on_commit(saga_type, "started")
         if scheduled:
             _enqueue_on_commit(saga, first.name, StepKind.ACTION)
