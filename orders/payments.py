@@ -194,19 +194,40 @@ def payment_event_handle(
     return result
 
 
-@transaction.atomic
-def _payment_event_apply(
-    *, event: PaymentEvent, consumer_group_name: str, now: datetime
-) -> PaymentEventResult:
+_RECORD_SQL = (
+    "INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome, order_id) "
+    "VALUES (%s, %s, %s, '', %s) ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id"
+)
+
+
+def _processed_event_record(*, event: PaymentEvent, consumer_group_name: str, now: datetime) -> int | None:
+    """Record the event id for the consumer group; None when it was recorded already (a
+    concurrent twin waits on the unique key, then finds it). On PostgreSQL one INSERT … ON
+    CONFLICT DO NOTHING instead of a savepoint, an INSERT and the savepoint's release."""
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_RECORD_SQL, [event.event_id, consumer_group_name, now, event.order_id])
+            row = cursor.fetchone()
+        return row[0] if row else None
     try:
         with transaction.atomic():  # savepoint: a duplicate must not poison the outer transaction
-            processed = ProcessedEvent.objects.create(
+            return ProcessedEvent.objects.create(
                 event_id=event.event_id,
                 consumer_group_name=consumer_group_name,
                 processed_at=now,
                 order_id=event.order_id,
-            )
+            ).pk
     except IntegrityError:
+        return None
+
+
+@transaction.atomic
+def _payment_event_apply(
+    *, event: PaymentEvent, consumer_group_name: str, now: datetime
+) -> PaymentEventResult:
+    processed_pk = _processed_event_record(event=event, consumer_group_name=consumer_group_name, now=now)
+    if processed_pk is None:
         first = ProcessedEvent.objects.get(event_id=event.event_id, consumer_group_name=consumer_group_name)
         order = Order.objects.filter(pk=first.order_id).first()
         return PaymentEventResult(
@@ -285,7 +306,7 @@ def _payment_event_apply(
         else:
             outcome = PaymentOutcome.IGNORED
 
-    ProcessedEvent.objects.filter(pk=processed.pk).update(outcome=outcome)
+    ProcessedEvent.objects.filter(pk=processed_pk).update(outcome=outcome)
     return PaymentEventResult(
         event_id=event.event_id,
         order_id=order.id,

@@ -121,6 +121,10 @@ def _enqueue_on_commit(saga: SagaInstance, name: str, kind: str, countdown: floa
     transaction.on_commit(lambda: _send(saga_id, name, kind, countdown))
 
 
+def _waits(definition: type[SagaDefinition]) -> list[str]:
+    return [step.name for step in definition.steps if step.is_wait]
+
+
 def _max_attempts(step: Step) -> int:
     return step.max_attempts or settings.SAGA_STEP_MAX_ATTEMPTS
 
@@ -263,7 +267,9 @@ def saga_start(
 
 # The next pending action step after a position, scheduled in the same statement that finds it:
 # a wait step becomes running (waiting for its event), an action step gets not_before = now.
-_ADVANCE_SQL = """
+# `{after}` is the position: a parameter, or the RETURNING of the statement's own CTE that
+# finished the step before it (_RECORD_ADVANCE_SQL, _WAIT_COMPLETE_SQL).
+_ADVANCE_TEMPLATE = """
 UPDATE sagas_step SET
     status = CASE WHEN name = ANY(%(waits)s) THEN 'running' ELSE status END,
     attempts = CASE WHEN name = ANY(%(waits)s) THEN 1 ELSE attempts END,
@@ -271,11 +277,22 @@ UPDATE sagas_step SET
     not_before = CASE WHEN name = ANY(%(waits)s) THEN NULL ELSE %(now)s END
 WHERE id = (
     SELECT id FROM sagas_step
-    WHERE saga_id = %(saga)s AND kind = 'action' AND position > %(after)s AND status = 'pending'
+    WHERE saga_id = %(saga)s AND kind = 'action' AND position > {after} AND status = 'pending'
     ORDER BY position LIMIT 1
 ) AND status = 'pending'
 RETURNING id, name, position
 """
+_ADVANCE_SQL = _ADVANCE_TEMPLATE.format(after="%(after)s")
+
+
+def _with_advance(head: str, tail: str) -> str:
+    """A statement whose CTE `done` finished a step (RETURNING position), then `following`: the
+    advance after that position, then `tail`. Only these constants are joined, no value."""
+    following = _ADVANCE_TEMPLATE.format(after="(SELECT position FROM done)")
+    return f"{head}{following}{tail}"
+
+
+_NOT_FETCHED = object()
 
 
 def _advance(
@@ -285,14 +302,18 @@ def _advance(
     after: int,
     now: datetime,
     fields: dict[str, Any] | None = None,
+    following: Any = _NOT_FETCHED,
 ) -> None:
     """Start the next action step after position `after`, or complete the saga. `fields` (a
-    context update) ride on the saga's compare-and-set UPDATE."""
+    context update) ride on the saga's compare-and-set UPDATE. `following`: the row the caller's
+    statement already found and scheduled (id, name, position), or None for none."""
     fields = fields or {}
-    waits = [step.name for step in definition.steps if step.is_wait]
-    with connection.cursor() as cursor:
-        cursor.execute(_ADVANCE_SQL, {"waits": waits, "now": now, "saga": saga.pk, "after": after})
-        following = cursor.fetchone()
+    if following is _NOT_FETCHED:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _ADVANCE_SQL, {"waits": _waits(definition), "now": now, "saga": saga.pk, "after": after}
+            )
+            following = cursor.fetchone()
     if following is None:
         _finish(
             saga,
@@ -446,6 +467,24 @@ def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = 
     return StepRunResult(outcome if recorded else "stale", claimed.attempts)
 
 
+# A step attempt's fenced result (still running with the attempt it was claimed with) and, when
+# it succeeded, the advance to the next action step: ONE statement. Returns whether the result
+# was recorded, and the next step it scheduled (id, name, position; NULLs for none).
+_RECORD_ADVANCE_SQL = _with_advance(
+    """
+WITH done AS (
+    UPDATE sagas_step SET status = %(status)s, finished_at = %(now)s, last_error = %(error)s,
+        duration_ms = %(duration)s, lease_expires_at = NULL
+    WHERE id = %(pk)s AND status = 'running' AND attempts = %(attempts)s
+    RETURNING position
+), following AS (""",
+    """)
+SELECT (SELECT count(*) FROM done), following.id, following.name, following.position
+FROM (SELECT 1) AS one LEFT JOIN following ON true
+""",
+)
+
+
 @transaction.atomic
 def _step_record(
     *,
@@ -477,9 +516,30 @@ def _step_record(
         "rejected": StepStatus.FAILED,
         "failed": StepStatus.FAILED,
     }[outcome]
-    if not fenced.update(status=status, finished_at=now, **common):
-        return False
     action = step_row.kind == StepKind.ACTION
+    following: Any = _NOT_FETCHED
+    if action and outcome in ("succeeded", "skipped"):
+        # The fenced result and the advance to the next step: one statement.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _RECORD_ADVANCE_SQL,
+                {
+                    "pk": step_row.pk,
+                    "attempts": step_row.attempts,
+                    "status": status,
+                    "error": common["last_error"],
+                    "duration": duration_ms,
+                    "waits": _waits(definition),
+                    "now": now,
+                    "saga": saga.pk,
+                },
+            )
+            recorded, *row = cursor.fetchone()
+        if not recorded:
+            return False
+        following = tuple(row) if row[0] is not None else None
+    elif not fenced.update(status=status, finished_at=now, **common):
+        return False
     fields: dict[str, Any] = {}
     if action and outcome == "succeeded" and update:
         context = {**saga.context, **update}
@@ -489,7 +549,7 @@ def _step_record(
             saga.context = context
             SagaInstance.objects.filter(pk=saga.pk).update(context=context)
     if action and outcome in ("succeeded", "skipped"):
-        _advance(saga, definition, after=step_row.position, now=now, fields=fields)
+        _advance(saga, definition, after=step_row.position, now=now, fields=fields, following=following)
     elif action:
         reason = (update or {}).get("_reason") or f"{step_row.name}_failed"
         _compensation_begin(saga, definition, reason=reason, now=now)
@@ -588,6 +648,32 @@ def saga_compensate(
 
 
 # --- events into the saga -------------------------------------------------------------------
+# A wait step's event: recorded once per (consumer group, event) in processed_events (INSERT …
+# ON CONFLICT DO NOTHING, no savepoint); only when it is new and the saga running, the wait
+# step succeeds by compare-and-set (its duration measured from when it started waiting) and
+# the next step is scheduled: ONE statement. Returns (recorded, the wait step's position or
+# NULL, the next step's id, name, position or NULLs).
+_WAIT_COMPLETE_SQL = _with_advance(
+    """
+WITH recorded AS (
+    INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome)
+    VALUES (%(event_id)s, %(group)s, %(now)s, %(name)s)
+    ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id
+), done AS (
+    UPDATE sagas_step SET status = 'succeeded', finished_at = %(now)s,
+        duration_ms = EXTRACT(EPOCH FROM (%(now)s - COALESCE(started_at, %(now)s))) * 1000
+    WHERE saga_id = %(saga)s AND name = %(name)s AND kind = 'action' AND status = 'running'
+      AND %(running)s AND EXISTS (SELECT 1 FROM recorded)
+    RETURNING position
+), following AS (""",
+    """)
+SELECT (SELECT count(*) FROM recorded), (SELECT position FROM done),
+       following.id, following.name, following.position
+FROM (SELECT 1) AS one LEFT JOIN following ON true
+""",
+)
+
+
 def saga_wait_complete(
     *,
     saga: SagaInstance,
@@ -603,36 +689,35 @@ def saga_wait_complete(
     or when the saga no longer waits on it. An event that comes before its step started keeps
     its `update` in the context (the definition's `wait_satisfied` completes the step then)."""
     now = now or timezone.now()
-    # Recorded once per (consumer group, event): one INSERT … ON CONFLICT DO NOTHING, instead of
-    # a savepoint around an INSERT that may violate the unique constraint.
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome) "
-            "VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id",
-            [event_id, consumer_group_name, now, step_name],
+            _WAIT_COMPLETE_SQL,
+            {
+                "event_id": event_id,
+                "group": consumer_group_name,
+                "name": step_name,
+                "running": saga.status == SagaStatus.RUNNING,
+                "waits": _waits(definition),
+                "now": now,
+                "saga": saga.pk,
+            },
         )
-        if cursor.fetchone() is None:
-            return False
-    if saga.status != SagaStatus.RUNNING:
+        recorded, position, *following = cursor.fetchone()
+    if not recorded or saga.status != SagaStatus.RUNNING:
         return False
-    # The wait step succeeds by compare-and-set (running → succeeded), found and changed in one
-    # statement; its duration is measured from when it started waiting.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE sagas_step SET status = 'succeeded', finished_at = %(now)s, "
-            "duration_ms = EXTRACT(EPOCH FROM (%(now)s - COALESCE(started_at, %(now)s))) * 1000 "
-            "WHERE saga_id = %(saga)s AND name = %(name)s AND kind = 'action' AND status = 'running' "
-            "RETURNING position",
-            {"now": now, "saga": saga.pk, "name": step_name},
-        )
-        row = cursor.fetchone()
-    if row is None:
+    if position is None:
         if update:
             _saga_set(saga, expected=SagaStatus.RUNNING, now=now, context={**saga.context, **update})
         return False
     fields = {"context": {**saga.context, **update}} if update else {}
-    _advance(saga, definition, after=row[0], now=now, fields=fields)
+    _advance(
+        saga,
+        definition,
+        after=position,
+        now=now,
+        fields=fields,
+        following=tuple(following) if following[0] is not None else None,
+    )
     return True
 
 
