@@ -80,18 +80,19 @@ def _event_payload(saga: SagaInstance) -> dict[str, Any]:
     }
 
 
-# The same object as _event_payload(), built by PostgreSQL from the saga row saga_start's
-# statement inserts (CTE `saga`); the two sit together so a field added to one is added to both.
-_STARTED_EVENT_SQL = """
-SELECT 'saga' AS aggregatetype, saga.id::text AS aggregateid, 'saga.started' AS type,
+# The same object as _event_payload(), built by PostgreSQL from the saga row the statement
+# itself wrote (CTE `saga`: saga_start's INSERT, _finish's UPDATE … RETURNING); the two sit
+# together so a field added to one is added to both.
+_EVENT_SQL = """
+SELECT 'saga' AS aggregatetype, saga.id::text AS aggregateid, %(event_type)s AS type,
        jsonb_build_object(
            'saga_id', saga.id::text, 'saga_type', saga.saga_type, 'status', saga.status,
            'reference', saga.reference, 'reason', saga.reason
        ) AS payload
 FROM saga
 """
-assert f"'{AGGREGATE_TYPE}' AS aggregatetype" in _STARTED_EVENT_SQL
-assert f"'{SAGA_STARTED}' AS type" in _STARTED_EVENT_SQL
+assert f"'{AGGREGATE_TYPE}' AS aggregatetype" in _EVENT_SQL
+_EVENT_COLUMNS = "id, saga_type, status, reference, reason"  # what _EVENT_SQL reads
 
 
 def _event(saga: SagaInstance, type: str) -> None:
@@ -162,11 +163,30 @@ def _saga_set(saga: SagaInstance, *, expected: str, now: datetime, **fields: Any
 def _finish(
     saga: SagaInstance, *, expected: str, status: str, event: str, now: datetime, **fields: Any
 ) -> bool:
-    if not _saga_set(
-        saga, expected=expected, now=now, status=status, finished_at=now, deadline=None, **fields
-    ):
-        return False
-    _event(saga, event)
+    """The saga's last compare-and-set and its outbox event: on PostgreSQL ONE statement (the
+    outbox INSERT … SELECT reads the row the UPDATE … RETURNING changed)."""
+    fields = {"status": status, "finished_at": now, "deadline": None, **fields}
+    if connection.vendor != "postgresql":
+        if not _saga_set(saga, expected=expected, now=now, **fields):
+            return False
+        _event(saga, event)
+    else:
+        values: dict[str, Any] = {"saga_pk": saga.pk, "expected": expected, "event_type": event}
+        assignments = []
+        for index, (name, value) in enumerate({**fields, "updated_at": now}.items()):
+            field = SagaInstance._meta.get_field(name)
+            assignments.append(f"{connection.ops.quote_name(field.column)} = %(set_{index})s")
+            values[f"set_{index}"] = field.get_db_prep_save(value, connection)
+        # Only column names from the model and placeholders are interpolated; values are parameters.
+        with_sql = (
+            f"saga AS (UPDATE sagas_instance SET {', '.join(assignments)} "  # noqa: S608
+            f"WHERE id = %(saga_pk)s AND status = %(expected)s RETURNING {_EVENT_COLUMNS})"
+        )
+        if not outbox_publish_select(with_sql=with_sql, select_sql=_EVENT_SQL, params=values):
+            return False
+        for name, value in fields.items():
+            setattr(saga, name, value)
+        saga.updated_at = now
     _count_on_commit(saga.saga_type, status)
     return True
 
@@ -181,7 +201,7 @@ saga AS (
                                 current_step, deadline, reason, created_at, updated_at, finished_at)
     VALUES (%(saga_id)s, %(saga_type)s, %(status)s, %(context)s, %(reference)s, %(correlation_id)s,
             %(current_step)s, NULL, '', %(now)s, %(now)s, NULL)
-    RETURNING id, saga_type, status, reference, reason
+    RETURNING id, saga_type, status, reference, reason  -- _EVENT_COLUMNS
 ),
 steps AS (
     INSERT INTO sagas_step (saga_id, name, kind, position, status, attempts, last_error,
@@ -226,8 +246,9 @@ def saga_start(
 
             outbox_publish_select(
                 with_sql=_START_WITH_SQL,
-                select_sql=_STARTED_EVENT_SQL,
+                select_sql=_EVENT_SQL,
                 params={
+                    "event_type": SAGA_STARTED,
                     "saga_id": saga.id,
                     "saga_type": saga.saga_type,
                     "status": saga.status,

@@ -49,3 +49,21 @@ def test_start_writes_the_saga_its_steps_and_its_event_in_one_statement(inventor
     assert len(saga_writes) == 1
     assert "sagas_step" in saga_writes[0] and "outbox_event" in saga_writes[0]
     assert SagaInstance.objects.count() == 1
+
+
+def test_the_finishing_update_and_its_event_are_one_statement_with_the_same_payload(inventory):
+    from tests.sagas.conftest import drive, pay
+
+    order = place_order()
+    drive()
+    pay(order)
+    saga = saga_of(order)
+    with CaptureQueriesContext(connection) as captured:
+        drive()
+    saga.refresh_from_db()
+    assert saga.status == SagaStatus.COMPLETED and saga.finished_at and saga.deadline is None
+    assert saga.context["confirmed"] is True  # the step's context update rode on the same UPDATE
+    [completed] = OutboxEvent.objects.filter(aggregateid=str(saga.id), type="saga.completed")
+    assert completed.payload == _event_payload(saga) and completed.payload["status"] == "completed"
+    finishing = [q["sql"] for q in captured.captured_queries if "UPDATE sagas_instance" in q["sql"]]
+    assert len(finishing) == 1 and "INSERT INTO outbox_event" in finishing[0]
