@@ -147,8 +147,10 @@ def _lock(saga_id: uuid.UUID | str) -> tuple[SagaInstance, type[SagaDefinition]]
     if head is None:
         raise SagaNotFound(f"Saga {saga_id} does not exist.")
     definition = saga_definition(head["saga_type"])
-    definition.lock_related(head["reference"])
-    return SagaInstance.objects.select_for_update().get(pk=saga_id), definition
+    related = definition.lock_related(head["reference"])
+    saga = SagaInstance.objects.select_for_update().get(pk=saga_id)
+    saga.related = related  # type: ignore[attr-defined]
+    return saga, definition
 
 
 def _saga_set(saga: SagaInstance, *, expected: str, now: datetime, **fields: Any) -> bool:
@@ -521,8 +523,9 @@ def _step_record(
 ) -> bool:
     """Record the attempt, advance and enqueue the next step, in ONE transaction. The claim
     returned the saga's type and reference, so the locks are taken without reading them again."""
-    definition.lock_related(step_row.reference)
+    related = definition.lock_related(step_row.reference)
     saga = SagaInstance.objects.select_for_update().get(pk=saga_id)
+    saga.related = related  # type: ignore[attr-defined]
     fenced = SagaStep.objects.filter(pk=step_row.pk, status=StepStatus.RUNNING, attempts=step_row.attempts)
     common = {"last_error": error[:2000], "duration_ms": duration_ms, "lease_expires_at": None}
     if outcome == "retry":
