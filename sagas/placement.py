@@ -272,14 +272,13 @@ def placement_start(*, order: Any, items: list[dict[str, Any]], now: datetime) -
 def placement_order_paid(
     *, order_id: Any, payment_event_id: str, consumer_group_name: str, now: datetime
 ) -> bool:
-    """The order was paid: await_payment completes. The payment event is kept in the context
-    (also when it comes before the step started), so a later compensation refunds that payment."""
-    saga = services.saga_lock_by_reference(saga_type=SAGA_TYPE, reference=str(order_id))
-    if saga is None:
-        return False
+    """The order was paid: await_payment completes (the saga row locked, the payment recorded,
+    the step completed and confirm_inventory scheduled in one statement; the caller holds the
+    order lock). The payment event is kept in the context (also when it comes before the step
+    started), so a later compensation refunds that payment."""
     return services.saga_wait_complete(
-        saga=saga,
-        definition=OrderPlacement,
+        saga_type=SAGA_TYPE,
+        reference=str(order_id),
         step_name="await_payment",
         event_id=f"{payment_event_id}",
         consumer_group_name=CONSUMER_GROUP,

@@ -300,18 +300,18 @@ UPDATE sagas_step SET
     not_before = CASE WHEN name = ANY(%(waits)s) THEN NULL ELSE %(now)s END
 WHERE id = (
     SELECT id FROM sagas_step
-    WHERE saga_id = %(saga)s AND kind = 'action' AND position > {after} AND status = 'pending'
+    WHERE saga_id = {saga} AND kind = 'action' AND position > {after} AND status = 'pending'
     ORDER BY position LIMIT 1
 ) AND status = 'pending'
 RETURNING id, name, position
 """
-_ADVANCE_SQL = _ADVANCE_TEMPLATE.format(after="%(after)s")
+_ADVANCE_SQL = _ADVANCE_TEMPLATE.format(saga="%(saga)s", after="%(after)s")
 
 
-def _with_advance(head: str, tail: str) -> str:
+def _with_advance(head: str, tail: str, saga: str = "%(saga)s") -> str:
     """A statement whose CTE `done` finished a step (RETURNING position), then `following`: the
     advance after that position, then `tail`. Only these constants are joined, no value."""
-    following = _ADVANCE_TEMPLATE.format(after="(SELECT position FROM done)")
+    following = _ADVANCE_TEMPLATE.format(saga=saga, after="(SELECT position FROM done)")
     return f"{head}{following}{tail}"
 
 
@@ -672,61 +672,77 @@ def saga_compensate(
 
 
 # --- events into the saga -------------------------------------------------------------------
-# A wait step's event: recorded once per (consumer group, event) in processed_events (INSERT …
-# ON CONFLICT DO NOTHING, no savepoint); only when it is new and the saga running, the wait
+# A wait step's event, for the saga of (type, reference), in ONE statement: the saga row locked
+# (the caller holds the related rows' locks: one lock order; no row → no saga, nothing
+# recorded), the event recorded once per (consumer group, event) in processed_events (INSERT …
+# ON CONFLICT DO NOTHING, no savepoint), and only when it is new and the saga running, the wait
 # step succeeds by compare-and-set (its duration measured from when it started waiting) and
-# the next step is scheduled: ONE statement. Returns (recorded, the wait step's position or
-# NULL, the next step's id, name, position or NULLs).
+# the next step is scheduled.
 _WAIT_COMPLETE_SQL = _with_advance(
     """
-WITH recorded AS (
+WITH saga AS (
+    SELECT * FROM sagas_instance WHERE saga_type = %(saga_type)s AND reference = %(reference)s
+    ORDER BY created_at LIMIT 1 FOR UPDATE
+), recorded AS (
     INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome)
-    VALUES (%(event_id)s, %(group)s, %(now)s, %(name)s)
+    SELECT %(event_id)s, %(group)s, %(now)s, %(name)s FROM saga
     ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id
 ), done AS (
     UPDATE sagas_step SET status = 'succeeded', finished_at = %(now)s,
         duration_ms = EXTRACT(EPOCH FROM (%(now)s - COALESCE(started_at, %(now)s))) * 1000
-    WHERE saga_id = %(saga)s AND name = %(name)s AND kind = 'action' AND status = 'running'
-      AND %(running)s AND EXISTS (SELECT 1 FROM recorded)
+    WHERE saga_id = (SELECT id FROM saga) AND name = %(name)s AND kind = 'action'
+      AND status = 'running' AND (SELECT status FROM saga) = 'running'
+      AND EXISTS (SELECT 1 FROM recorded)
     RETURNING position
 ), following AS (""",
     """)
 SELECT (SELECT count(*) FROM recorded), (SELECT position FROM done),
-       following.id, following.name, following.position
-FROM (SELECT 1) AS one LEFT JOIN following ON true
+       following.id, following.name, following.position, saga.*
+FROM saga LEFT JOIN following ON true
 """,
+    saga="(SELECT id FROM saga)",
 )
 
 
 def saga_wait_complete(
     *,
-    saga: SagaInstance,
-    definition: type[SagaDefinition],
+    saga_type: str,
+    reference: str,
     step_name: str,
     event_id: str,
     consumer_group_name: str,
     update: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """A wait step's event arrived (the caller holds the saga lock, see `_lock`): record it once
-    in processed_events, succeed the step (compare-and-set) and advance. False for a duplicate
-    or when the saga no longer waits on it. An event that comes before its step started keeps
-    its `update` in the context (the definition's `wait_satisfied` completes the step then)."""
+    """A wait step's event arrived for the saga of (type, reference): record it once, succeed
+    the step (compare-and-set) and advance, the saga row locked in the same statement (the
+    caller holds the related rows' locks, e.g. the order's). False when there is no such saga,
+    for a duplicate, or when the saga no longer waits on it. An event that comes before its
+    step started keeps its `update` in the context (the definition's `wait_satisfied`
+    completes the step then)."""
     now = now or timezone.now()
+    definition = saga_definition(saga_type)
     with connection.cursor() as cursor:
         cursor.execute(
             _WAIT_COMPLETE_SQL,
             {
+                "saga_type": saga_type,
+                "reference": str(reference),
                 "event_id": event_id,
                 "group": consumer_group_name,
                 "name": step_name,
-                "running": saga.status == SagaStatus.RUNNING,
                 "waits": _waits(definition),
                 "now": now,
-                "saga": saga.pk,
             },
         )
-        recorded, position, *following = cursor.fetchone()
+        row = cursor.fetchone()
+        columns = [column.name for column in cursor.description][5:]
+    if row is None:
+        return False
+    recorded, position, *following = row[:5]
+    saga = SagaInstance.from_db(connection.alias, columns, row[5:])
+    if isinstance(saga.context, str):
+        saga.context = json.loads(saga.context)
     if not recorded or saga.status != SagaStatus.RUNNING:
         return False
     if position is None:
