@@ -12,6 +12,7 @@ lease cannot overwrite the attempt that replaced it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -120,6 +121,23 @@ def _send(saga_id: str, name: str, kind: str, countdown: float | None) -> None:
 def _enqueue_on_commit(saga: SagaInstance, name: str, kind: str, countdown: float | None = None) -> None:
     saga_id = str(saga.id)
     transaction.on_commit(lambda: _send(saga_id, name, kind, countdown))
+
+
+def _commit_without_flush() -> None:
+    """Let this transaction commit without waiting for its WAL flush (SAGA_ASYNC_COMMIT,
+    PostgreSQL `synchronous_commit = off` for this transaction only).
+
+    Only for the orchestrator's own bookkeeping, which writes nothing outside the saga tables
+    (no outbox event, no order change): a step's claim, a retry's backoff, a step's success that
+    leaves the saga running. A database crash can lose the last such commits (never a worker's
+    crash: the commit itself happened), and losing them is what a killed worker already does:
+    the step is run again after its lease with the same idempotency key, so its effect happens
+    once. Any later synchronous commit (the payment, the order's, the saga's end with its
+    event) flushes the WAL up to it, so nothing durable ever depends on a lost one. Each saves
+    one WAL flush (a disk sync) per step."""
+    if settings.SAGA_ASYNC_COMMIT and connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def _waits(definition: type[SagaDefinition]) -> list[str]:
@@ -414,7 +432,10 @@ def _claim(*, saga_id: str, name: str, kind: str, now: datetime) -> _Claimed | N
         saga_pk = uuid.UUID(str(saga_id))
     except ValueError:
         return None
-    with connection.cursor() as cursor:
+    # Autocommit (one statement), or its own transaction when it commits without the flush.
+    lazily = settings.SAGA_ASYNC_COMMIT and connection.vendor == "postgresql"
+    with transaction.atomic() if lazily else contextlib.nullcontext(), connection.cursor() as cursor:
+        _commit_without_flush()
         cursor.execute(
             _CLAIM_SQL,
             {
@@ -533,6 +554,7 @@ def _step_record(
         if not fenced.update(status=StepStatus.PENDING, not_before=now + timedelta(seconds=delay), **common):
             return False
         _enqueue_on_commit(saga, step_row.name, step_row.kind, countdown=delay)
+        _commit_without_flush()
         return True
     status = {
         "succeeded": StepStatus.SUCCEEDED,
@@ -574,6 +596,8 @@ def _step_record(
             SagaInstance.objects.filter(pk=saga.pk).update(context=context)
     if action and outcome in ("succeeded", "skipped"):
         _advance(saga, definition, after=step_row.position, now=now, fields=fields, following=following)
+        if saga.status == SagaStatus.RUNNING:  # not finished: no outbox event, no hook's change
+            _commit_without_flush()
     elif action:
         reason = (update or {}).get("_reason") or f"{step_row.name}_failed"
         _compensation_begin(saga, definition, reason=reason, now=now)
