@@ -160,10 +160,40 @@ def main() -> None:
         with mock.patch("sagas.placement.placement_start"):
             return plain(n)
 
+    def round_trips() -> dict[str, int]:
+        """Statements sent to PostgreSQL (BEGIN and COMMIT included) by each phase of one saga."""
+        counts = {}
+        with CaptureQueriesContext(connection) as captured:
+            order = place_order()
+        counts["create"] = len(captured.captured_queries)
+        saga_id = str(saga_of(order).id)
+        with CaptureQueriesContext(connection) as captured:
+            saga_step_run(saga_id=saga_id, name="reserve_inventory", kind="action")
+        counts["reserve"] = len(captured.captured_queries)
+        with CaptureQueriesContext(connection) as captured:
+            pay(order, event_id=f"bench-rt-{saga_id}")
+        counts["payment"] = len(captured.captured_queries)
+        with CaptureQueriesContext(connection) as captured:
+            saga_step_run(saga_id=saga_id, name="confirm_inventory", kind="action")
+        counts["confirm"] = len(captured.captured_queries)
+        assert saga_of(order).status == "completed"
+        return counts
+
+    def round_trip_ms(n: int = 300) -> float:
+        with connection.cursor() as cursor:
+            started = time.perf_counter()
+            for _ in range(n):
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+        return (time.perf_counter() - started) / n * 1000
+
     plain(20), saga(20), unconfigured(20), without_saga(20)  # warm up pools, caches, plans
     step_queries: list[int] = []
     saga(10, step_queries)  # queries per step, counted apart from the timed rounds
     with CaptureQueriesContext(connection) as created:
+        place_order()
+    phases = round_trips()
+    with mock.patch("sagas.placement.placement_start"), CaptureQueriesContext(connection) as bare_created:
         place_order()
     step_times.clear(), raw_times.clear(), pay_times.clear()
     rates: dict[str, list[float]] = {"plain": [], "saga": [], "unset": [], "bare": []}
@@ -172,6 +202,7 @@ def main() -> None:
         rates["saga"].append(saga(args.orders))
         rates["unset"].append(unconfigured(args.orders))
         rates["bare"].append(without_saga(args.orders))
+    rtt = statistics.median(round_trip_ms() for _ in range(3))
     server.close()
     plain_rate, saga_rate = statistics.median(rates["plain"]), statistics.median(rates["saga"])
     overhead = (statistics.mean(step_times) - statistics.mean(raw_times)) * 1000
@@ -193,6 +224,14 @@ def main() -> None:
     print(
         f"queries per step run   {statistics.mean(step_queries):8.1f}      (HTTP's target lookup included); "
         f"order_create {len(created.captured_queries)} queries"
+    )
+    total = sum(phases.values())
+    print(
+        "round trips per saga   "
+        + ", ".join(f"{name} {count}" for name, count in phases.items())
+        + f" = {total} (plain creation {phases['create']}, without the saga start "
+        f"{len(bare_created.captured_queries)}); one round trip (SELECT 1) {rtt:.3f} ms -> "
+        f"{total * rtt:.1f} ms of the saga's {1000 / saga_rate:.1f} ms in round trips alone"
     )
     print(
         f"order creation: INVENTORY_SERVICE set {plain_rate:.1f}/s, unset "

@@ -194,19 +194,40 @@ def payment_event_handle(
     return result
 
 
-@transaction.atomic
-def _payment_event_apply(
-    *, event: PaymentEvent, consumer_group_name: str, now: datetime
-) -> PaymentEventResult:
+_RECORD_SQL = (
+    "INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome, order_id) "
+    "VALUES (%s, %s, %s, '', %s) ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id"
+)
+
+
+def _processed_event_record(*, event: PaymentEvent, consumer_group_name: str, now: datetime) -> int | None:
+    """Record the event id for the consumer group; None when it was recorded already (a
+    concurrent twin waits on the unique key, then finds it). On PostgreSQL one INSERT … ON
+    CONFLICT DO NOTHING instead of a savepoint, an INSERT and the savepoint's release."""
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_RECORD_SQL, [event.event_id, consumer_group_name, now, event.order_id])
+            row = cursor.fetchone()
+        return row[0] if row else None
     try:
         with transaction.atomic():  # savepoint: a duplicate must not poison the outer transaction
-            processed = ProcessedEvent.objects.create(
+            return ProcessedEvent.objects.create(
                 event_id=event.event_id,
                 consumer_group_name=consumer_group_name,
                 processed_at=now,
                 order_id=event.order_id,
-            )
+            ).pk
     except IntegrityError:
+        return None
+
+
+@transaction.atomic
+def _payment_event_apply(
+    *, event: PaymentEvent, consumer_group_name: str, now: datetime
+) -> PaymentEventResult:
+    processed_pk = _processed_event_record(event=event, consumer_group_name=consumer_group_name, now=now)
+    if processed_pk is None:
         first = ProcessedEvent.objects.get(event_id=event.event_id, consumer_group_name=consumer_group_name)
         order = Order.objects.filter(pk=first.order_id).first()
         return PaymentEventResult(
@@ -249,19 +270,22 @@ def _payment_event_apply(
         ):
             outcome = PaymentOutcome.PAID
             events.order_event_publish(order=order, type=events.ORDER_PAID, payment=payment)
-            placement_order_paid(order_id=order.id, payment_event_id=event.event_id, now=now)
+            placement_order_paid(
+                order_id=order.id,
+                payment_event_id=event.event_id,
+                consumer_group_name=consumer_group_name,
+                now=now,
+            )
         elif order.status in _REFUND_REQUESTS:
             # Money arrived for an order that is no longer for sale: ask for a refund, under an
             # id derived from the payment event so a redelivery never asks twice.
             outcome, refund_type = _REFUND_REQUESTS[order.status]
-            events.order_event_publish(
+            _refund_request(
                 order=order,
                 type=refund_type,
-                event_id=events.refund_request_event_id(
-                    consumer_group_name=consumer_group_name, payment_event_id=event.event_id, type=refund_type
-                ),
+                consumer_group_name=consumer_group_name,
+                payment_event_id=event.event_id,
                 payment=payment,
-                refund=True,
             )
         else:
             outcome = PaymentOutcome.ALREADY_PAID
@@ -282,7 +306,7 @@ def _payment_event_apply(
         else:
             outcome = PaymentOutcome.IGNORED
 
-    ProcessedEvent.objects.filter(pk=processed.pk).update(outcome=outcome)
+    ProcessedEvent.objects.filter(pk=processed_pk).update(outcome=outcome)
     return PaymentEventResult(
         event_id=event.event_id,
         order_id=order.id,
@@ -290,6 +314,78 @@ def _payment_event_apply(
         order_status=order.status,
         duplicate=False,
     )
+
+
+def _refund_request(
+    *,
+    order: Order,
+    type: str,
+    consumer_group_name: str,
+    payment_event_id: str,
+    payment: dict[str, str],
+    **extra: Any,
+) -> None:
+    """The refund request of one payment: its event id is derived from the payment event, so
+    every path that asks for it (a late payment, its redelivery, an unfulfilled paid order) asks
+    once."""
+    events.order_event_publish(
+        order=order,
+        type=type,
+        event_id=events.refund_request_event_id(
+            consumer_group_name=consumer_group_name, payment_event_id=payment_event_id, type=type
+        ),
+        payment=payment,
+        refund=True,
+        **extra,
+    )
+
+
+def payment_refund_unfulfilled(
+    *,
+    order: Order,
+    reason: str,
+    payment_event_id: str | None = None,
+    consumer_group_name: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """A paid order that cannot be fulfilled (its stock was never confirmed): paid → cancelled
+    (compare-and-set, `order.cancelled` with the reason) and a refund request for its payment.
+
+    The caller holds the order lock, inside its transaction. The request is the one a payment
+    for a cancelled order gets (`order.payment_after_cancellation`, refund: true) under the id
+    derived from the payment event, so a redelivery of that payment later asks for no second
+    refund. Without the payment event id from the caller it is looked up in processed_events
+    (and, purged, the order's id names the request). False when the order was not paid."""
+    now = now or timezone.now()
+    if order.status != OrderStatus.PAID:
+        return False
+    if payment_event_id is None:
+        processed = (
+            ProcessedEvent.objects.filter(order_id=order.id, outcome=PaymentOutcome.PAID)
+            .order_by("processed_at")
+            .values_list("event_id", "consumer_group_name")
+            .first()
+        )
+        if processed is not None:
+            payment_event_id, consumer_group_name = processed
+    if not order_transition(order=order, to=OrderStatus.CANCELLED, now=now, expected=OrderStatus.PAID):
+        return False
+    events.order_event_publish(order=order, type=events.ORDER_CANCELLED, reason=reason)
+    _refund_request(
+        order=order,
+        type=events.ORDER_PAYMENT_AFTER_CANCELLATION,
+        consumer_group_name=consumer_group_name or PAYMENT_CONSUMER_GROUP,
+        payment_event_id=payment_event_id or f"order:{order.id}",
+        payment={
+            "event_id": payment_event_id or "",
+            "provider_reference": order.payment_reference,
+            "amount": str(order.total_amount),
+            "currency": order.currency,
+        },
+        reason=reason,
+    )
+    logger.warning("paid order %s cancelled, its payment to be refunded: %s", order.id, reason)
+    return True
 
 
 def processed_events_purge(

@@ -39,11 +39,14 @@ class OrderItemData:
     unit_price: Decimal
 
 
-def order_transition(*, order: Order, to: str, now: datetime, **fields: Any) -> bool:
-    """Compare-and-set pending_payment → `to`; True when this call made the change."""
-    updated = Order.objects.filter(pk=order.pk, status=OrderStatus.PENDING_PAYMENT).update(
-        status=to, updated_at=now, **fields
-    )
+def order_transition(
+    *, order: Order, to: str, now: datetime, expected: str = OrderStatus.PENDING_PAYMENT, **fields: Any
+) -> bool:
+    """Compare-and-set `expected` (pending_payment) → `to`; True when this call made the change.
+
+    The one transition from another state is paid → cancelled: a paid order whose stock the
+    placement saga could not confirm is cancelled and refunded (orders/payments.py)."""
+    updated = Order.objects.filter(pk=order.pk, status=expected).update(status=to, updated_at=now, **fields)
     if updated:
         order.status = to
         order.updated_at = now

@@ -11,3 +11,6 @@ class SagasConfig(AppConfig):
         from sagas.metrics import collect_sagas
 
         register_scrape_collector(collect_sagas)
+        from gateway.services.invalidation import invalidation_subscribe
+
+        invalidation_subscribe("routes", placement.inventory_targets_forget, start_listener=False)

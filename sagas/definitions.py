@@ -79,8 +79,10 @@ class SagaDefinition:
 
     # Hooks, each called inside the orchestrator's transaction.
     @classmethod
-    def lock_related(cls, saga_reference: str) -> None:
-        """Lock rows the saga's hooks will change, before the saga row (one lock order)."""
+    def lock_related(cls, saga_reference: str) -> Any:
+        """Lock rows the saga's hooks will change, before the saga row (one lock order). What
+        it returns (the locked rows) is kept on the saga object as `related` for the hooks that
+        run in the same transaction, so they need not read those rows again."""
 
     @classmethod
     def on_compensation_started(cls, saga: SagaInstance, reason: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from common.correlation import get_correlation_id
+from common.local_cache import LocalTTLCache
 from sagas import services
 from sagas.definitions import (
     SagaDefinition,
@@ -42,6 +43,18 @@ class InventoryNotConfigured(StepSkipped):
     pass
 
 
+# The inventory Service's enabled targets, per process for a moment: a step no longer reads
+# them on every call. A routes change (service_targets_set, the admin) clears it in every
+# process that hears the invalidation bus; elsewhere it is at most this old.
+INVENTORY_TARGETS_TTL_SECONDS = 2.0
+_targets_cache = LocalTTLCache("saga-inventory-targets", ttl_seconds=INVENTORY_TARGETS_TTL_SECONDS)
+
+
+def inventory_targets_forget(payload: dict | None = None) -> None:
+    """The "routes" invalidation handler (sagas/apps.py)."""
+    _targets_cache.clear()
+
+
 def _inventory_route():  # type: ignore[no-untyped-def]
     from gateway.models import ServiceTarget
     from gateway.types import ResolvedRoute
@@ -49,11 +62,15 @@ def _inventory_route():  # type: ignore[no-untyped-def]
     name = settings.INVENTORY_SERVICE
     if not name:
         raise InventoryNotConfigured("INVENTORY_SERVICE is not set")
-    targets = tuple(
-        ServiceTarget.objects.filter(service__name=name, service__enabled=True, enabled=True)
-        .order_by("id")
-        .values_list("url", flat=True)
-    )
+    targets = _targets_cache.get(name)
+    if targets is None:
+        targets = tuple(
+            ServiceTarget.objects.filter(service__name=name, service__enabled=True, enabled=True)
+            .order_by("id")
+            .values_list("url", flat=True)
+        )
+        if targets:  # none: looked up again on the next attempt
+            _targets_cache.set(name, targets)
     if not targets:
         raise StepRetry(f"the service {name!r} has no enabled target")
     return ResolvedRoute(
@@ -149,6 +166,17 @@ def release_inventory(call: StepCall) -> dict[str, Any]:
     raise StepRetry(f"inventory answered {status}")
 
 
+def _order(saga: SagaInstance) -> Any:
+    """The saga's order, locked: the row `lock_related` locked in this transaction (kept on the
+    saga as `related`; order_transition keeps it current), else read (the caller holds its lock)."""
+    from orders.models import Order
+
+    related = getattr(saga, "related", None)
+    if related is not None:
+        return related[0] if related else None
+    return Order.objects.filter(pk=saga.reference).first()
+
+
 def _order_expiry(saga: SagaInstance) -> datetime | None:
     return datetime.fromisoformat(saga.context["expiration_time"])
 
@@ -169,38 +197,53 @@ class OrderPlacement(SagaDefinition):
     )
 
     @classmethod
-    def lock_related(cls, saga_reference: str) -> None:
+    def lock_related(cls, saga_reference: str) -> list[Any]:
         from orders.locks import orders_lock
 
-        orders_lock(order_ids=[saga_reference])
+        return orders_lock(order_ids=[saga_reference])
 
     @classmethod
     def on_compensation_started(cls, saga: SagaInstance, reason: str) -> None:
-        """A step gave up (rejected, unavailable, operator): a still pending order is cancelled."""
+        """A step gave up (rejected, unavailable, operator): a still pending order is cancelled;
+        a paid one (its stock could not be confirmed) is cancelled and its payment refunded,
+        never left paid for stock it does not have. (The order row is locked already.)"""
         from django.utils import timezone
 
         from orders import events
-        from orders.models import Order, OrderStatus
+        from orders.models import OrderStatus
+        from orders.payments import payment_refund_unfulfilled
         from orders.services import order_transition
 
-        order = Order.objects.filter(pk=saga.reference).first()
-        if order is None or order.status != OrderStatus.PENDING_PAYMENT:
+        order = _order(saga)
+        if order is None:
             return
-        if order_transition(order=order, to=OrderStatus.CANCELLED, now=timezone.now()):
+        if order.status == OrderStatus.PAID:
+            payment = saga.context.get("payment") or {}
+            payment_refund_unfulfilled(
+                order=order,
+                reason=reason,
+                payment_event_id=payment.get("event_id"),
+                consumer_group_name=payment.get("consumer_group_name"),
+                now=timezone.now(),
+            )
+        elif order.status == OrderStatus.PENDING_PAYMENT and order_transition(
+            order=order, to=OrderStatus.CANCELLED, now=timezone.now()
+        ):
             events.order_event_publish(order=order, type=events.ORDER_CANCELLED, reason=reason)
 
     @classmethod
     def wait_satisfied(cls, saga: SagaInstance, step_name: str) -> bool:
         """The order was paid while the stock was being reserved (the order row is locked)."""
-        from orders.models import Order, OrderStatus
+        from orders.models import OrderStatus
 
-        return Order.objects.filter(pk=saga.reference, status=OrderStatus.PAID).exists()
+        order = _order(saga)
+        return order is not None and order.status == OrderStatus.PAID
 
     @classmethod
     def on_deadline(cls, saga: SagaInstance, now: datetime) -> str | datetime | None:
-        from orders.models import Order, OrderStatus
+        from orders.models import OrderStatus
 
-        order = Order.objects.filter(pk=saga.reference).first()
+        order = _order(saga)
         if order is None or order.status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
             return "compensate"
         if order.status == OrderStatus.PAID:
@@ -228,16 +271,20 @@ def placement_start(*, order: Any, items: list[dict[str, Any]], now: datetime) -
     return saga
 
 
-def placement_order_paid(*, order_id: Any, payment_event_id: str, now: datetime) -> bool:
-    saga = services.saga_lock_by_reference(saga_type=SAGA_TYPE, reference=str(order_id))
-    if saga is None:
-        return False
+def placement_order_paid(
+    *, order_id: Any, payment_event_id: str, consumer_group_name: str, now: datetime
+) -> bool:
+    """The order was paid: await_payment completes (the saga row locked, the payment recorded,
+    the step completed and confirm_inventory scheduled in one statement; the caller holds the
+    order lock). The payment event is kept in the context (also when it comes before the step
+    started), so a later compensation refunds that payment."""
     return services.saga_wait_complete(
-        saga=saga,
-        definition=OrderPlacement,
+        saga_type=SAGA_TYPE,
+        reference=str(order_id),
         step_name="await_payment",
         event_id=f"{payment_event_id}",
         consumer_group_name=CONSUMER_GROUP,
+        update={"payment": {"event_id": payment_event_id, "consumer_group_name": consumer_group_name}},
         now=now,
     )
 

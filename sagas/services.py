@@ -12,6 +12,7 @@ lease cannot overwrite the attempt that replaced it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -30,7 +31,7 @@ from django.utils import timezone
 from common import telemetry
 from common.correlation import get_correlation_id
 from common.errors import Conflict, NotFound
-from outbox.services import outbox_publish
+from outbox.services import outbox_publish, outbox_publish_select
 from sagas import metrics
 from sagas.definitions import (
     SagaDefinition,
@@ -71,18 +72,34 @@ class StepRunResult:
 
 
 # --- helpers --------------------------------------------------------------------------------
+def _event_payload(saga: SagaInstance) -> dict[str, Any]:
+    return {
+        "saga_id": str(saga.id),
+        "saga_type": saga.saga_type,
+        "status": saga.status,
+        "reference": saga.reference,
+        "reason": saga.reason,
+    }
+
+
+# The same object as _event_payload(), built by PostgreSQL from the saga row the statement
+# itself wrote (CTE `saga`: saga_start's INSERT, _finish's UPDATE … RETURNING); the two sit
+# together so a field added to one is added to both.
+_EVENT_SQL = """
+SELECT 'saga' AS aggregatetype, saga.id::text AS aggregateid, %(event_type)s AS type,
+       jsonb_build_object(
+           'saga_id', saga.id::text, 'saga_type', saga.saga_type, 'status', saga.status,
+           'reference', saga.reference, 'reason', saga.reason
+       ) AS payload
+FROM saga
+"""
+assert f"'{AGGREGATE_TYPE}' AS aggregatetype" in _EVENT_SQL
+_EVENT_COLUMNS = "id, saga_type, status, reference, reason"  # what _EVENT_SQL reads
+
+
 def _event(saga: SagaInstance, type: str) -> None:
     outbox_publish(
-        aggregatetype=AGGREGATE_TYPE,
-        aggregateid=str(saga.id),
-        type=type,
-        payload={
-            "saga_id": str(saga.id),
-            "saga_type": saga.saga_type,
-            "status": saga.status,
-            "reference": saga.reference,
-            "reason": saga.reason,
-        },
+        aggregatetype=AGGREGATE_TYPE, aggregateid=str(saga.id), type=type, payload=_event_payload(saga)
     )
 
 
@@ -107,6 +124,27 @@ def _enqueue_on_commit(saga: SagaInstance, name: str, kind: str, countdown: floa
     transaction.on_commit(lambda: _send(saga_id, name, kind, countdown))
 
 
+def _commit_without_flush() -> None:
+    """Let this transaction commit without waiting for its WAL flush (SAGA_ASYNC_COMMIT,
+    PostgreSQL `synchronous_commit = off` for this transaction only).
+
+    Only for the orchestrator's own bookkeeping, which writes nothing outside the saga tables
+    (no outbox event, no order change): a step's claim, a retry's backoff, a step's success that
+    leaves the saga running. A database crash can lose the last such commits (never a worker's
+    crash: the commit itself happened), and losing them is what a killed worker already does:
+    the step is run again after its lease with the same idempotency key, so its effect happens
+    once. Any later synchronous commit (the payment, the order's, the saga's end with its
+    event) flushes the WAL up to it, so nothing durable ever depends on a lost one. Each saves
+    one WAL flush (a disk sync) per step."""
+    if settings.SAGA_ASYNC_COMMIT and connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def _waits(definition: type[SagaDefinition]) -> list[str]:
+    return [step.name for step in definition.steps if step.is_wait]
+
+
 def _max_attempts(step: Step) -> int:
     return step.max_attempts or settings.SAGA_STEP_MAX_ATTEMPTS
 
@@ -128,8 +166,10 @@ def _lock(saga_id: uuid.UUID | str) -> tuple[SagaInstance, type[SagaDefinition]]
     if head is None:
         raise SagaNotFound(f"Saga {saga_id} does not exist.")
     definition = saga_definition(head["saga_type"])
-    definition.lock_related(head["reference"])
-    return SagaInstance.objects.select_for_update().get(pk=saga_id), definition
+    related = definition.lock_related(head["reference"])
+    saga = SagaInstance.objects.select_for_update().get(pk=saga_id)
+    saga.related = related  # type: ignore[attr-defined]
+    return saga, definition
 
 
 def _saga_set(saga: SagaInstance, *, expected: str, now: datetime, **fields: Any) -> bool:
@@ -144,16 +184,58 @@ def _saga_set(saga: SagaInstance, *, expected: str, now: datetime, **fields: Any
 def _finish(
     saga: SagaInstance, *, expected: str, status: str, event: str, now: datetime, **fields: Any
 ) -> bool:
-    if not _saga_set(
-        saga, expected=expected, now=now, status=status, finished_at=now, deadline=None, **fields
-    ):
-        return False
-    _event(saga, event)
+    """The saga's last compare-and-set and its outbox event: on PostgreSQL ONE statement (the
+    outbox INSERT … SELECT reads the row the UPDATE … RETURNING changed)."""
+    fields = {"status": status, "finished_at": now, "deadline": None, **fields}
+    if connection.vendor != "postgresql":
+        if not _saga_set(saga, expected=expected, now=now, **fields):
+            return False
+        _event(saga, event)
+    else:
+        values: dict[str, Any] = {"saga_pk": saga.pk, "expected": expected, "event_type": event}
+        assignments = []
+        for index, (name, value) in enumerate({**fields, "updated_at": now}.items()):
+            field = SagaInstance._meta.get_field(name)
+            assignments.append(f"{connection.ops.quote_name(field.column)} = %(set_{index})s")
+            values[f"set_{index}"] = field.get_db_prep_save(value, connection)
+        # Only column names from the model and placeholders are interpolated; values are parameters.
+        with_sql = (
+            f"saga AS (UPDATE sagas_instance SET {', '.join(assignments)} "  # noqa: S608
+            f"WHERE id = %(saga_pk)s AND status = %(expected)s RETURNING {_EVENT_COLUMNS})"
+        )
+        if not outbox_publish_select(with_sql=with_sql, select_sql=_EVENT_SQL, params=values):
+            return False
+        for name, value in fields.items():
+            setattr(saga, name, value)
+        saga.updated_at = now
     _count_on_commit(saga.saga_type, status)
     return True
 
 
 # --- start ----------------------------------------------------------------------------------
+# The saga row, its action steps (the first already scheduled when it is an action: what
+# `_advance` would do after reading it back) and `saga.started`, in ONE statement: the outbox
+# INSERT … SELECT reads the saga row from the data-modifying CTE that wrote it.
+_START_WITH_SQL = """
+saga AS (
+    INSERT INTO sagas_instance (id, saga_type, status, context, reference, correlation_id,
+                                traceparent, current_step, deadline, reason, created_at,
+                                updated_at, finished_at)
+    VALUES (%(saga_id)s, %(saga_type)s, %(status)s, %(context)s, %(reference)s, %(correlation_id)s,
+            %(traceparent)s, %(current_step)s, NULL, '', %(now)s, %(now)s, NULL)
+    RETURNING id, saga_type, status, reference, reason  -- _EVENT_COLUMNS
+),
+steps AS (
+    INSERT INTO sagas_step (saga_id, name, kind, position, status, attempts, last_error,
+                            not_before, lease_expires_at, started_at, finished_at, duration_ms)
+    SELECT saga.id, step.name, 'action', step.ordinality - 1, 'pending', 0, '',
+           CASE WHEN step.ordinality = 1 AND %(scheduled)s THEN %(now)s::timestamptz END,
+           NULL, NULL, NULL, NULL
+    FROM saga, unnest(%(names)s::text[]) WITH ORDINALITY AS step(name, ordinality)
+)
+"""
+
+
 def saga_start(
     *,
     saga_type: str,
@@ -163,39 +245,63 @@ def saga_start(
     saga_id: uuid.UUID | None = None,
 ) -> SagaInstance:
     """Create the saga and its action steps, write `saga.started`, and enqueue the first step on
-    commit. Runs inside the caller's transaction (a rollback leaves no saga)."""
+    commit. Runs inside the caller's transaction (a rollback leaves no saga). On PostgreSQL the
+    three writes are one statement (one round trip in the caller's transaction)."""
     now = now or timezone.now()
     definition = saga_definition(saga_type)
+    first = definition.steps[0]
+    scheduled = not first.is_wait
+    saga = SagaInstance(
+        id=saga_id or uuid.uuid4(),
+        saga_type=saga_type,
+        status=SagaStatus.RUNNING,
+        context=context,
+        current_step=first.name if scheduled else "",
+        reference=str(reference),
+        correlation_id=get_correlation_id() or "",
+        traceparent=telemetry.carried_traceparent() or "",
+        created_at=now,
+        updated_at=now,
+    )
     with transaction.atomic(savepoint=False):
-        saga = SagaInstance.objects.create(
-            id=saga_id or uuid.uuid4(),
-            saga_type=saga_type,
-            status=SagaStatus.RUNNING,
-            context=context,
-            current_step="" if definition.steps[0].is_wait else definition.steps[0].name,
-            reference=str(reference),
-            correlation_id=get_correlation_id() or "",
-            traceparent=telemetry.carried_traceparent() or "",
-            created_at=now,
-            updated_at=now,
-        )
-        # The first action step is scheduled as it is written (what `_advance` would do after
-        # reading it back): three INSERTs in the caller's transaction, no UPDATE.
-        first = definition.steps[0]
-        scheduled = not first.is_wait
-        SagaStep.objects.bulk_create(
-            [
-                SagaStep(
-                    saga=saga,
-                    name=step.name,
-                    kind=StepKind.ACTION,
-                    position=position,
-                    not_before=now if scheduled and position == 0 else None,
-                )
-                for position, step in enumerate(definition.steps)
-            ]
-        )
-        _event(saga, SAGA_STARTED)
+        if connection.vendor == "postgresql":
+            from psycopg.types.json import Jsonb
+
+            outbox_publish_select(
+                with_sql=_START_WITH_SQL,
+                select_sql=_EVENT_SQL,
+                params={
+                    "event_type": SAGA_STARTED,
+                    "saga_id": saga.id,
+                    "saga_type": saga.saga_type,
+                    "status": saga.status,
+                    "context": Jsonb(context),
+                    "reference": saga.reference,
+                    "correlation_id": saga.correlation_id,
+                    "traceparent": saga.traceparent,
+                    "current_step": saga.current_step,
+                    "now": now,
+                    "scheduled": scheduled,
+                    "names": [step.name for step in definition.steps],
+                },
+            )
+            saga._state.adding = False
+            saga._state.db = connection.alias
+        else:
+            saga.save(force_insert=True)
+            SagaStep.objects.bulk_create(
+                [
+                    SagaStep(
+                        saga=saga,
+                        name=step.name,
+                        kind=StepKind.ACTION,
+                        position=position,
+                        not_before=now if scheduled and position == 0 else None,
+                    )
+                    for position, step in enumerate(definition.steps)
+                ]
+            )
+            _event(saga, SAGA_STARTED)
         _count_on_commit(saga_type, "started")
         if scheduled:
             _enqueue_on_commit(saga, first.name, StepKind.ACTION)
@@ -206,7 +312,9 @@ def saga_start(
 
 # The next pending action step after a position, scheduled in the same statement that finds it:
 # a wait step becomes running (waiting for its event), an action step gets not_before = now.
-_ADVANCE_SQL = """
+# `{after}` is the position: a parameter, or the RETURNING of the statement's own CTE that
+# finished the step before it (_RECORD_ADVANCE_SQL, _WAIT_COMPLETE_SQL).
+_ADVANCE_TEMPLATE = """
 UPDATE sagas_step SET
     status = CASE WHEN name = ANY(%(waits)s) THEN 'running' ELSE status END,
     attempts = CASE WHEN name = ANY(%(waits)s) THEN 1 ELSE attempts END,
@@ -214,11 +322,22 @@ UPDATE sagas_step SET
     not_before = CASE WHEN name = ANY(%(waits)s) THEN NULL ELSE %(now)s END
 WHERE id = (
     SELECT id FROM sagas_step
-    WHERE saga_id = %(saga)s AND kind = 'action' AND position > %(after)s AND status = 'pending'
+    WHERE saga_id = {saga} AND kind = 'action' AND position > {after} AND status = 'pending'
     ORDER BY position LIMIT 1
 ) AND status = 'pending'
 RETURNING id, name, position
 """
+_ADVANCE_SQL = _ADVANCE_TEMPLATE.format(saga="%(saga)s", after="%(after)s")
+
+
+def _with_advance(head: str, tail: str, saga: str = "%(saga)s") -> str:
+    """A statement whose CTE `done` finished a step (RETURNING position), then `following`: the
+    advance after that position, then `tail`. Only these constants are joined, no value."""
+    following = _ADVANCE_TEMPLATE.format(saga=saga, after="(SELECT position FROM done)")
+    return f"{head}{following}{tail}"
+
+
+_NOT_FETCHED = object()
 
 
 def _advance(
@@ -228,14 +347,18 @@ def _advance(
     after: int,
     now: datetime,
     fields: dict[str, Any] | None = None,
+    following: Any = _NOT_FETCHED,
 ) -> None:
     """Start the next action step after position `after`, or complete the saga. `fields` (a
-    context update) ride on the saga's compare-and-set UPDATE."""
+    context update) ride on the saga's compare-and-set UPDATE. `following`: the row the caller's
+    statement already found and scheduled (id, name, position), or None for none."""
     fields = fields or {}
-    waits = [step.name for step in definition.steps if step.is_wait]
-    with connection.cursor() as cursor:
-        cursor.execute(_ADVANCE_SQL, {"waits": waits, "now": now, "saga": saga.pk, "after": after})
-        following = cursor.fetchone()
+    if following is _NOT_FETCHED:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _ADVANCE_SQL, {"waits": _waits(definition), "now": now, "saga": saga.pk, "after": after}
+            )
+            following = cursor.fetchone()
     if following is None:
         _finish(
             saga,
@@ -314,7 +437,10 @@ def _claim(*, saga_id: str, name: str, kind: str, now: datetime) -> _Claimed | N
         saga_pk = uuid.UUID(str(saga_id))
     except ValueError:
         return None
-    with connection.cursor() as cursor:
+    # Autocommit (one statement), or its own transaction when it commits without the flush.
+    lazily = settings.SAGA_ASYNC_COMMIT and connection.vendor == "postgresql"
+    with transaction.atomic() if lazily else contextlib.nullcontext(), connection.cursor() as cursor:
+        _commit_without_flush()
         cursor.execute(
             _CLAIM_SQL,
             {
@@ -405,6 +531,24 @@ def saga_step_run(*, saga_id: str, name: str, kind: str, now: datetime | None = 
     return StepRunResult(outcome if recorded else "stale", claimed.attempts)
 
 
+# A step attempt's fenced result (still running with the attempt it was claimed with) and, when
+# it succeeded, the advance to the next action step: ONE statement. Returns whether the result
+# was recorded, and the next step it scheduled (id, name, position; NULLs for none).
+_RECORD_ADVANCE_SQL = _with_advance(
+    """
+WITH done AS (
+    UPDATE sagas_step SET status = %(status)s, finished_at = %(now)s, last_error = %(error)s,
+        duration_ms = %(duration)s, lease_expires_at = NULL
+    WHERE id = %(pk)s AND status = 'running' AND attempts = %(attempts)s
+    RETURNING position
+), following AS (""",
+    """)
+SELECT (SELECT count(*) FROM done), following.id, following.name, following.position
+FROM (SELECT 1) AS one LEFT JOIN following ON true
+""",
+)
+
+
 @transaction.atomic
 def _step_record(
     *,
@@ -420,8 +564,9 @@ def _step_record(
 ) -> bool:
     """Record the attempt, advance and enqueue the next step, in ONE transaction. The claim
     returned the saga's type and reference, so the locks are taken without reading them again."""
-    definition.lock_related(step_row.reference)
+    related = definition.lock_related(step_row.reference)
     saga = SagaInstance.objects.select_for_update().get(pk=saga_id)
+    saga.related = related  # type: ignore[attr-defined]
     fenced = SagaStep.objects.filter(pk=step_row.pk, status=StepStatus.RUNNING, attempts=step_row.attempts)
     common = {"last_error": error[:2000], "duration_ms": duration_ms, "lease_expires_at": None}
     if outcome == "retry":
@@ -429,6 +574,7 @@ def _step_record(
         if not fenced.update(status=StepStatus.PENDING, not_before=now + timedelta(seconds=delay), **common):
             return False
         _enqueue_on_commit(saga, step_row.name, step_row.kind, countdown=delay)
+        _commit_without_flush()
         return True
     status = {
         "succeeded": StepStatus.SUCCEEDED,
@@ -436,9 +582,30 @@ def _step_record(
         "rejected": StepStatus.FAILED,
         "failed": StepStatus.FAILED,
     }[outcome]
-    if not fenced.update(status=status, finished_at=now, **common):
-        return False
     action = step_row.kind == StepKind.ACTION
+    following: Any = _NOT_FETCHED
+    if action and outcome in ("succeeded", "skipped"):
+        # The fenced result and the advance to the next step: one statement.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _RECORD_ADVANCE_SQL,
+                {
+                    "pk": step_row.pk,
+                    "attempts": step_row.attempts,
+                    "status": status,
+                    "error": common["last_error"],
+                    "duration": duration_ms,
+                    "waits": _waits(definition),
+                    "now": now,
+                    "saga": saga.pk,
+                },
+            )
+            recorded, *row = cursor.fetchone()
+        if not recorded:
+            return False
+        following = tuple(row) if row[0] is not None else None
+    elif not fenced.update(status=status, finished_at=now, **common):
+        return False
     fields: dict[str, Any] = {}
     if action and outcome == "succeeded" and update:
         context = {**saga.context, **update}
@@ -448,7 +615,9 @@ def _step_record(
             saga.context = context
             SagaInstance.objects.filter(pk=saga.pk).update(context=context)
     if action and outcome in ("succeeded", "skipped"):
-        _advance(saga, definition, after=step_row.position, now=now, fields=fields)
+        _advance(saga, definition, after=step_row.position, now=now, fields=fields, following=following)
+        if saga.status == SagaStatus.RUNNING:  # not finished: no outbox event, no hook's change
+            _commit_without_flush()
     elif action:
         reason = (update or {}).get("_reason") or f"{step_row.name}_failed"
         _compensation_begin(saga, definition, reason=reason, now=now)
@@ -547,48 +716,92 @@ def saga_compensate(
 
 
 # --- events into the saga -------------------------------------------------------------------
+# A wait step's event, for the saga of (type, reference), in ONE statement: the saga row locked
+# (the caller holds the related rows' locks: one lock order; no row → no saga, nothing
+# recorded), the event recorded once per (consumer group, event) in processed_events (INSERT …
+# ON CONFLICT DO NOTHING, no savepoint), and only when it is new and the saga running, the wait
+# step succeeds by compare-and-set (its duration measured from when it started waiting) and
+# the next step is scheduled.
+_WAIT_COMPLETE_SQL = _with_advance(
+    """
+WITH saga AS (
+    SELECT * FROM sagas_instance WHERE saga_type = %(saga_type)s AND reference = %(reference)s
+    ORDER BY created_at LIMIT 1 FOR UPDATE
+), recorded AS (
+    INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome)
+    SELECT %(event_id)s, %(group)s, %(now)s, %(name)s FROM saga
+    ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id
+), done AS (
+    UPDATE sagas_step SET status = 'succeeded', finished_at = %(now)s,
+        duration_ms = EXTRACT(EPOCH FROM (%(now)s - COALESCE(started_at, %(now)s))) * 1000
+    WHERE saga_id = (SELECT id FROM saga) AND name = %(name)s AND kind = 'action'
+      AND status = 'running' AND (SELECT status FROM saga) = 'running'
+      AND EXISTS (SELECT 1 FROM recorded)
+    RETURNING position
+), following AS (""",
+    """)
+SELECT (SELECT count(*) FROM recorded), (SELECT position FROM done),
+       following.id, following.name, following.position, saga.*
+FROM saga LEFT JOIN following ON true
+""",
+    saga="(SELECT id FROM saga)",
+)
+
+
 def saga_wait_complete(
     *,
-    saga: SagaInstance,
-    definition: type[SagaDefinition],
+    saga_type: str,
+    reference: str,
     step_name: str,
     event_id: str,
     consumer_group_name: str,
     update: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """A wait step's event arrived (the caller holds the saga lock, see `_lock`): record it once
-    in processed_events, succeed the step (compare-and-set) and advance. False for a duplicate
-    or when the saga no longer waits on it."""
+    """A wait step's event arrived for the saga of (type, reference): record it once, succeed
+    the step (compare-and-set) and advance, the saga row locked in the same statement (the
+    caller holds the related rows' locks, e.g. the order's). False when there is no such saga,
+    for a duplicate, or when the saga no longer waits on it. An event that comes before its
+    step started keeps its `update` in the context (the definition's `wait_satisfied`
+    completes the step then)."""
     now = now or timezone.now()
-    # Recorded once per (consumer group, event): one INSERT … ON CONFLICT DO NOTHING, instead of
-    # a savepoint around an INSERT that may violate the unique constraint.
+    definition = saga_definition(saga_type)
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO processed_events (event_id, consumer_group_name, processed_at, outcome) "
-            "VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (consumer_group_name, event_id) DO NOTHING RETURNING id",
-            [event_id, consumer_group_name, now, step_name],
-        )
-        if cursor.fetchone() is None:
-            return False
-    if saga.status != SagaStatus.RUNNING:
-        return False
-    # The wait step succeeds by compare-and-set (running → succeeded), found and changed in one
-    # statement; its duration is measured from when it started waiting.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE sagas_step SET status = 'succeeded', finished_at = %(now)s, "
-            "duration_ms = EXTRACT(EPOCH FROM (%(now)s - COALESCE(started_at, %(now)s))) * 1000 "
-            "WHERE saga_id = %(saga)s AND name = %(name)s AND kind = 'action' AND status = 'running' "
-            "RETURNING position",
-            {"now": now, "saga": saga.pk, "name": step_name},
+            _WAIT_COMPLETE_SQL,
+            {
+                "saga_type": saga_type,
+                "reference": str(reference),
+                "event_id": event_id,
+                "group": consumer_group_name,
+                "name": step_name,
+                "waits": _waits(definition),
+                "now": now,
+            },
         )
         row = cursor.fetchone()
+        columns = [column.name for column in cursor.description][5:]
     if row is None:
         return False
+    recorded, position, *following = row[:5]
+    saga = SagaInstance.from_db(connection.alias, columns, row[5:])
+    if isinstance(saga.context, str):
+        saga.context = json.loads(saga.context)
+    if not recorded or saga.status != SagaStatus.RUNNING:
+        return False
+    if position is None:
+        if update:
+            _saga_set(saga, expected=SagaStatus.RUNNING, now=now, context={**saga.context, **update})
+        return False
     fields = {"context": {**saga.context, **update}} if update else {}
-    _advance(saga, definition, after=row[0], now=now, fields=fields)
+    _advance(
+        saga,
+        definition,
+        after=position,
+        now=now,
+        fields=fields,
+        following=tuple(following) if following[0] is not None else None,
+    )
     return True
 
 

@@ -221,3 +221,34 @@ def test_a_payment_during_the_reservation_is_not_lost(inventory):
     saga.refresh_from_db()
     assert saga.status == SagaStatus.COMPLETED
     assert inventory.reserved[str(saga.id)] == "confirmed"
+
+
+def test_a_target_change_reaches_the_next_step_although_targets_are_cached(
+    inventory, http_server_factory, django_capture_on_commit_callbacks
+):
+    from gateway.models import Service
+    from gateway.services.routes import service_targets_set
+    from tests.sagas.conftest import FakeInventory
+
+    # given a saga whose reservation went to the first target (its targets now cached)
+    order = place_order()
+    drive()
+    saga = saga_of(order)
+    assert inventory.effects["reserve", str(saga.id)] == 1
+    # when staff move the service to another target
+    other = FakeInventory()
+    other.reserved[str(saga.id)] = "held"
+    server = http_server_factory(other)
+    with django_capture_on_commit_callbacks(execute=True):  # the routes invalidation, on commit
+        service_targets_set(service=Service.objects.get(name=inventory_name()), targets=[(server.url, True)])
+    pay(order)
+    drive()
+    # then the confirm goes to the new target at once
+    assert other.effects["confirm", str(saga.id)] == 1
+    assert inventory.requests["confirm", str(saga.id)] == 0
+
+
+def inventory_name() -> str:
+    from tests.sagas.conftest import INVENTORY
+
+    return INVENTORY
