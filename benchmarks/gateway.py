@@ -175,6 +175,17 @@ def server_commands(port: int) -> dict[str, list[str]]:
     return {"asgi": server_command(port)}
 
 
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """Terminate every process started for a run, then kill what is still there after 10 s."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 # --- Load -------------------------------------------------------------------------------------
 
 
@@ -291,13 +302,7 @@ def main() -> None:
                 print(f"round {round_number + 1}: {contender.name:38} {result.rps:9.0f} req/s", flush=True)
         report(contenders, servers, args)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
 
 def report(contenders: list[Contender], servers: list[str], args: argparse.Namespace) -> None:

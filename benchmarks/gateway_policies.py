@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gateway import (  # noqa: E402
+from benchmarks.gateway import (
     ASYNC_UPSTREAM,
     PY,
     ROOT,
@@ -43,6 +43,7 @@ from benchmarks.gateway import (  # noqa: E402
     free_port,
     prepare_project,
     run_wrk,
+    stop_processes,  # noqa: E402
     wait_http,
     warm,
 )
@@ -186,13 +187,7 @@ def main() -> None:
                 )
         print("target >= 0.9x")
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
 
 if __name__ == "__main__":

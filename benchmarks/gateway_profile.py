@@ -27,7 +27,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gateway import PY, ROOT, VAR, Contender, free_port, prepare_project, run_wrk, wait_http, warm  # noqa: E402
+from benchmarks.gateway import (  # noqa: E402
+    PY,
+    ROOT,
+    VAR,
+    Contender,
+    free_port,
+    prepare_project,
+    run_wrk,
+    stop_processes,
+    wait_http,
+    warm,
+)
 from benchmarks.gateway_concurrency import UPSTREAM, raise_open_files_limit  # noqa: E402
 
 
@@ -115,13 +126,7 @@ def main() -> None:
         print(table)
         print(f"\ncollapsed stacks (speedscope.app and flamegraph.pl read them): {collapsed}")
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
 
 if __name__ == "__main__":
