@@ -21,7 +21,7 @@ reach, and order creation with INVENTORY_SERVICE set, unset and without the saga
 harness's own lookups (the saga id, the final status check) and the bare HTTP call are not timed.
 
 Figures: see docs/sagas.md ("Round trips and commits per saga"). It now also prints the
-statements per phase and one round trip's cost. Per saga, statements went 42 -> ~33 and commits
+statements per phase and one round trip's cost. Per saga, statements went 42 -> 31 and commits
 waiting for the WAL flush 6 -> 3. Measured e2e rates were dominated by machine load (8-17 on 2
 cores): median ratio 0.12x -> 0.19x over three alternating runs each, within the noise. 0.5x is
 not reached.
