@@ -12,7 +12,6 @@ lease cannot overwrite the attempt that replaced it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -391,7 +390,8 @@ def _advance(
 
 
 # --- running a step -------------------------------------------------------------------------
-# The claim and the load in one statement (autocommit: it commits before the action runs): a
+# The claim and the load in one statement (autocommit: it commits before the action runs, with
+# `lazy` without waiting for the WAL flush, see `_commit_without_flush`): a
 # pending step once scheduled (not_before set by _advance, a retry, resume), or a running one
 # whose lease expired → running, attempts + 1, a fresh lease (per saga type, from its definition).
 _CLAIM_SQL = """
@@ -406,6 +406,7 @@ WHERE i.id = %(saga)s AND s.saga_id = i.id AND s.name = %(name)s AND s.kind = %(
   AND i.status = %(saga_status)s AND %(leases)s::jsonb ? i.saga_type
   AND ((s.status = 'pending' AND s.not_before <= %(now)s)
        OR (s.status = 'running' AND s.lease_expires_at <= %(now)s))
+  AND (SELECT CASE WHEN %(lazy)s THEN set_config('synchronous_commit', 'off', true) ELSE 'off' END) = 'off'
 RETURNING s.id, s.position, s.attempts, i.saga_type, i.reference, i.context, i.traceparent
 """
 
@@ -437,13 +438,14 @@ def _claim(*, saga_id: str, name: str, kind: str, now: datetime) -> _Claimed | N
         saga_pk = uuid.UUID(str(saga_id))
     except ValueError:
         return None
-    # Autocommit (one statement), or its own transaction when it commits without the flush.
-    lazily = settings.SAGA_ASYNC_COMMIT and connection.vendor == "postgresql"
-    with transaction.atomic() if lazily else contextlib.nullcontext(), connection.cursor() as cursor:
-        _commit_without_flush()
+    # Autocommit: the statement is its own transaction, committed without the WAL flush
+    # (`_commit_without_flush`) unless the caller has a transaction open.
+    lazy = settings.SAGA_ASYNC_COMMIT and not connection.in_atomic_block
+    with connection.cursor() as cursor:
         cursor.execute(
             _CLAIM_SQL,
             {
+                "lazy": lazy,
                 "now": now,
                 "leases": json.dumps(leases),
                 "saga": saga_pk,

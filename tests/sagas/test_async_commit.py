@@ -14,13 +14,16 @@ from tests.sagas.conftest import drive, pay, place_order, saga_of
 
 pytestmark = pytest.mark.django_db
 
-LAZY = "SET LOCAL synchronous_commit TO OFF"
+LAZY = "SET LOCAL synchronous_commit TO OFF"  # a transaction that commits without the flush
+LAZY_CLAIM = "CASE WHEN true THEN set_config('synchronous_commit', 'off', true)"  # an autocommit claim
 
 
 def statements(captured) -> list[str]:
     return [q["sql"] for q in captured.captured_queries]
 
 
+# Real transactions: a claim outside any transaction is its own autocommit statement.
+@pytest.mark.django_db(transaction=True)
 def test_claims_and_a_running_sagas_progress_skip_the_flush_the_end_does_not(inventory, settings):
     settings.SAGA_ASYNC_COMMIT = True
     with CaptureQueriesContext(connection) as created:
@@ -34,15 +37,18 @@ def test_claims_and_a_running_sagas_progress_skip_the_flush_the_end_does_not(inv
         assert saga_step_run(saga_id=saga_id, name="confirm_inventory", kind="action").outcome == "succeeded"
     # the order's creation and the payment: never lazy
     assert LAZY not in statements(created) + statements(paid)
+    assert not any(LAZY_CLAIM in sql for sql in statements(created) + statements(paid))
     reserve_sql, confirm_sql = statements(reserve), statements(confirm)
-    # reserve: the claim and the record (the saga keeps running, no event) are both lazy
-    assert reserve_sql.count(LAZY) == 2
+    # reserve: the claim (one autocommit statement) and the record (the saga keeps running,
+    # no event) are both lazy
+    assert LAZY_CLAIM in reserve_sql[0] and "UPDATE sagas_step AS s" in reserve_sql[0]
+    record = reserve_sql[reserve_sql.index("BEGIN") :]
+    assert record[-2:] == [LAZY, "COMMIT"] and record.count(LAZY) == 1
     assert not any("outbox_event" in sql for sql in reserve_sql)
     # confirm: the claim is lazy, the record that completes the saga (its event) is not
-    assert confirm_sql.count(LAZY) == 1
-    claim_end = confirm_sql.index(LAZY)
-    assert "UPDATE sagas_step AS s" in confirm_sql[claim_end + 1]
-    assert any("outbox_event" in sql for sql in confirm_sql[claim_end + 2 :])
+    assert LAZY_CLAIM in confirm_sql[0]
+    assert LAZY not in confirm_sql
+    assert any("outbox_event" in sql for sql in confirm_sql[1:])
 
 
 def test_a_compensation_commits_synchronously(inventory, settings):
@@ -53,7 +59,7 @@ def test_a_compensation_commits_synchronously(inventory, settings):
     with CaptureQueriesContext(connection) as rejected:
         assert saga_step_run(saga_id=saga_id, name="reserve_inventory", kind="action").outcome == "rejected"
     sent = statements(rejected)
-    assert sent.count(LAZY) == 1  # the claim only; the order's cancellation is durable
+    assert LAZY not in sent  # the order's cancellation and the saga's end are durable
     assert any("outbox_event" in sql for sql in sent)
 
 
@@ -66,3 +72,4 @@ def test_off_means_every_commit_waits_for_the_flush(inventory, settings):
         drive()
     assert saga_of(order).status == "completed"
     assert LAZY not in statements(captured)
+    assert not any("CASE WHEN true THEN set_config" in sql for sql in statements(captured))
