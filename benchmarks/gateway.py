@@ -175,13 +175,13 @@ def server_commands(port: int) -> dict[str, list[str]]:
     return {"asgi": server_command(port)}
 
 
-def stop_processes(processes: list[subprocess.Popen]) -> None:
-    """Terminate every process started for a run, then kill what is still there after 10 s."""
+def stop_processes(processes: list[subprocess.Popen], timeout: float = 10) -> None:
+    """Terminate every process started for a run, then kill what is still there after `timeout` s."""
     for process in processes:
         process.terminate()
     for process in processes:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
 

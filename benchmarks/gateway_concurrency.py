@@ -44,6 +44,7 @@ from benchmarks.gateway import (  # noqa: E402
     free_port,
     prepare_project,
     run_wrk,
+    stop_processes,
     wait_http,
     warm,
 )
@@ -328,13 +329,7 @@ def main() -> None:
                 f"  Gatehouse/minimal view {ratio('fast-gatehouse', 'fast-minimal', level)}"
             )
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes, timeout=25)
 
 
 if __name__ == "__main__":
