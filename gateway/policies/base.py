@@ -18,7 +18,7 @@ carry (RateLimit, CORS on actual requests) are appended to `state.response_heade
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,9 +36,14 @@ class PolicyRequest:
     route_path: str = ""
     user_id: str = ""  # after authentication; "" before it or on a public route
     tenant_id: str = ""
+    # The pipeline's header index (lower-case name → value, repeats joined), when it has one:
+    # one dict lookup instead of a pass over the headers for every question a hook asks.
+    lookup: Callable[[str], str | None] | None = None
 
     def header(self, name: str) -> str | None:
         lower = name.lower()
+        if self.lookup is not None:
+            return self.lookup(lower)
         for key, value in self.headers:
             if key.lower() == lower:
                 return value

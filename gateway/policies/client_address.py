@@ -20,11 +20,11 @@ def _networks(spec: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in spec if item.strip())
 
 
-def trusted_networks() -> tuple[Network, ...]:
+def _trusted_spec() -> tuple[str, ...]:
     value = getattr(settings, "FORWARDED_ALLOW_IPS", ()) or ()
     if isinstance(value, str):
         value = value.split(",")
-    return _networks(tuple(value))
+    return tuple(value)
 
 
 def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -48,10 +48,18 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: t
 
 def client_address(*, peer: str, forwarded_for: str | None) -> str:
     """The client's address (normalised text). `peer` is the socket peer (REMOTE_ADDR)."""
+    return _client_address(peer, forwarded_for, _trusted_spec())
+
+
+# The same few peers and chains come again and again; parsing them is most of this step's cost.
+# FORWARDED_ALLOW_IPS is part of the key, so a changed setting is never answered from an
+# earlier verdict; a client sending a new chain every time only turns the cache over.
+@lru_cache(maxsize=4096)
+def _client_address(peer: str, forwarded_for: str | None, spec: tuple[str, ...]) -> str:
     peer_address = _parse(peer or "")
     if peer_address is None:
         return peer or ""
-    networks = trusted_networks()
+    networks = _networks(spec)
     if not forwarded_for or not networks or not _trusted(peer_address, networks):
         return str(peer_address)
     for item in reversed(forwarded_for.split(",")):

@@ -105,7 +105,7 @@ LEASE_MAX_CELLS = 1000
 
 
 class _Lease:
-    __slots__ = ("cells", "until", "remaining", "reset_ms", "seen", "since", "rate")
+    __slots__ = ("cells", "until", "remaining", "reset_ms", "seen", "since", "rate", "trip")
 
     def __init__(self, now: float) -> None:
         self.cells = 0  # granted, not yet spent
@@ -115,6 +115,7 @@ class _Lease:
         self.seen = 0  # requests for the key since `since`
         self.since = now
         self.rate = 0.0  # requests a second, over the last measured stretch
+        self.trip: asyncio.Future | None = None  # the lease round trip in flight, if any
 
 
 class Limiter:
@@ -182,6 +183,18 @@ class Limiter:
         return self._local_hit(key, interval, window)
 
     # --- async ----------------------------------------------------------------------------------
+    def lease_take(self, key: str) -> tuple | None:
+        """A cell of this process's lease for `key`, without a round trip or an await (the
+        common case under load); None when there is none: then `hit_async`."""
+        lease = self._leases.get(key)
+        if lease is None or lease.cells <= 0 or not self._use_redis():
+            return None
+        if (self.clock or time.monotonic)() >= lease.until:
+            return None
+        lease.seen += 1
+        lease.cells -= 1
+        return 1, lease.remaining + lease.cells, 0, lease.reset_ms
+
     async def hit_async(self, key: str, interval: int, window: int) -> tuple:
         if self._use_redis():
             now = (self.clock or time.monotonic)()
@@ -194,8 +207,21 @@ class Limiter:
             if lease.cells > 0 and now < lease.until:
                 lease.cells -= 1
                 return 1, lease.remaining + lease.cells, 0, lease.reset_ms
+            trip = lease.trip
+            if trip is not None:
+                # A lease is on its way for this key: wait for it rather than send a script run
+                # of our own (under load, one trip per key and lease instead of one per request
+                # that arrives meanwhile). If it is spent before our turn, we count alone.
+                await asyncio.shield(trip)
+                now = (self.clock or time.monotonic)()
+                if lease.cells > 0 and now < lease.until:
+                    lease.cells -= 1
+                    return 1, lease.remaining + lease.cells, 0, lease.reset_ms
+            loop = asyncio.get_running_loop()
+            leader = lease.trip is None
+            if leader:
+                lease.trip = loop.create_future()
             try:
-                loop = asyncio.get_running_loop()
                 batcher = self._async.get(loop)
                 if batcher is None:
                     import redis.asyncio as aioredis
@@ -204,8 +230,11 @@ class Limiter:
                         self.url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
                     )
                     batcher = self._async[loop] = _Batcher(client, self._now_ms_arg)
-                wanted = self._lease_size(lease, now)
-                refund, lease.cells = lease.cells, 0  # expired unspent: given back, by this trip only
+                if leader:
+                    wanted = self._lease_size(lease, now)
+                    refund, lease.cells = lease.cells, 0  # expired unspent: given back, by this trip only
+                else:
+                    wanted, refund = 1, 0
                 granted, remaining, retry_ms, reset_ms = await batcher.hit(
                     (key, interval, window, wanted, refund)
                 )
@@ -214,6 +243,10 @@ class Limiter:
                 self._failed(exc)
                 self._leases.pop(key, None)
                 return self._local_hit(key, interval, window)
+            finally:
+                if leader:
+                    lease.trip.set_result(None)
+                    lease.trip = None
             if granted > 1:  # this request spends one; the rest wait for the next ones
                 lease.cells += granted - 1  # (plus a concurrent trip's grant, if any)
                 lease.until = now + self.lease_seconds
@@ -384,7 +417,10 @@ class _RateLimit(Compiled):
         )
 
     async def limit_async(self, request: PolicyRequest, state: PolicyState) -> EarlyResponse | None:
-        result = await limiter().hit_async(self._key(request), self.interval_ms, self.window_ms)
+        key, current = self._key(request), limiter()
+        result = current.lease_take(key)
+        if result is None:
+            result = await current.hit_async(key, self.interval_ms, self.window_ms)
         return self._answer(request, state, result)
 
     def response(self, request: PolicyRequest, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

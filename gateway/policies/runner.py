@@ -13,6 +13,7 @@ The pipeline calls, in this order (docs/gateway-policies.md "Integration"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from common.tracing import set_trace
@@ -35,10 +36,15 @@ def policy_request(
     headers: tuple[tuple[str, str], ...],
     peer: str,
     route: Any,
+    lookup: Callable[[str], str | None] | None = None,
 ) -> PolicyRequest:
-    """The hooks' view of a request (`headers` as (name, value) pairs, repeated names kept)."""
-    found = [value for name, value in headers if name.lower() == "x-forwarded-for"]
-    forwarded = ", ".join(found) if found else None
+    """The hooks' view of a request (`headers` as (name, value) pairs, repeated names kept;
+    `lookup`, the caller's index of them by lower-case name, repeats joined, when it has one)."""
+    if lookup is not None:
+        forwarded = lookup("x-forwarded-for")
+    else:
+        found = [value for name, value in headers if name.lower() == "x-forwarded-for"]
+        forwarded = ", ".join(found) if found else None
     return PolicyRequest(
         method=method,
         path=path,
@@ -46,6 +52,7 @@ def policy_request(
         client_ip=client_address(peer=peer, forwarded_for=forwarded),
         route_id=route.id,
         route_path=route.path,
+        lookup=lookup,
     )
 
 

@@ -332,7 +332,7 @@ async def _after_route(ctx: RequestContext, match: RouteMatch, gate: Gate) -> Ga
     gate.policies = policies = route_policies(route)  # EMPTY (falsy) for a route without policies
     if policies:
         gate.request = policy.policy_request(
-            method=method, path=ctx.path, headers=ctx.headers, peer=ctx.peer, route=route
+            method=method, path=ctx.path, headers=ctx.headers, peer=ctx.peer, route=route, lookup=ctx.header
         )
         if (early := policy.before_auth(policies, gate.request, gate.state)) is not None:
             return early_response(early)

@@ -265,6 +265,57 @@ def test_a_key_seen_now_and_then_takes_one_cell_per_request(monkeypatch):
     assert len(trips) == 12
 
 
+def test_requests_arriving_while_a_lease_is_on_its_way_wait_for_it(monkeypatch):
+    """Under load a lease runs out while requests keep coming: one script run renews it for
+    all of them, instead of one run per request that arrived during the round trip."""
+    from django.conf import settings
+
+    trips = _counting_round_trips(monkeypatch)
+    clock = _Clock()
+    limiter = Limiter(url=settings.REDIS_URL, clock=clock, lease_seconds=0.005)
+    key = f"ratelimit:t:renew:{uuid.uuid4().hex}"
+    interval, window = 10_000, 100_000_000  # 10 000 per 10^5 s: no cell comes back in a test
+
+    async def run() -> tuple[int, list[tuple]]:
+        sent = 0
+        while sent < 400 or limiter._leases[key].cells:  # 20 000 a second: the key leases
+            clock.now += 0.00005
+            await limiter.hit_async(key, interval, window)
+            sent += 1
+        # its lease is spent, and 30 requests arrive together
+        before = sum(trips)
+        together = await asyncio.gather(*(limiter.hit_async(key, interval, window) for _ in range(30)))
+        scripts = sum(trips) - before
+        clock.now += 1.0  # that lease expires too: its unspent cells are given back
+        return sent, scripts, together, await limiter.hit_async(key, interval, window)
+
+    sent, scripts, together, after = asyncio.run(run())
+
+    assert [result[0] for result in together] == [1] * 30
+    assert scripts == 1  # the first one's script run leased cells for the other 29
+    assert after[0] == 1 and after[1] == 10_000 - (sent + 31)  # exactly the requests are spent
+
+
+def test_the_policy_view_answers_from_the_pipelines_header_index():
+    from gateway.policies.runner import policy_request
+
+    headers = (
+        ("Origin", "https://a.example"),
+        ("X-Forwarded-For", "1.1.1.1"),
+        ("x-forwarded-for", "2.2.2.2"),
+    )
+    index = {"origin": "https://a.example", "x-forwarded-for": "1.1.1.1, 2.2.2.2"}
+    route = type("Route", (), {"id": 7, "path": "/a"})()
+    scanned = policy_request(method="GET", path="/a", headers=headers, peer="10.0.0.1", route=route)
+    indexed = policy_request(
+        method="GET", path="/a", headers=headers, peer="10.0.0.1", route=route, lookup=index.get
+    )
+
+    assert indexed.header("Origin") == scanned.header("origin") == "https://a.example"
+    assert indexed.header("ACCESS-CONTROL-REQUEST-METHOD") is None
+    assert indexed.client_ip == scanned.client_ip
+
+
 def test_concurrent_hits_share_a_round_trip_and_each_counts_once(monkeypatch):
     from django.conf import settings
 
