@@ -72,6 +72,32 @@ class _NoopSpan:
 
 NOOP_SPAN = _NoopSpan()
 
+
+class _LoggedTrace(_NoopSpan):
+    """Export off, work that continues a traceparent (a message's, an outbox event's, a saga's):
+    nothing is recorded, but the trace context is current while it runs, so its log lines carry
+    the trace id and what it publishes carries the trace on (`carried_traceparent`)."""
+
+    __slots__ = ("_parent", "_token")
+
+    def __init__(self, parent_traceparent: str) -> None:
+        self._parent = parent_traceparent
+        self._token: Any = None
+
+    def __enter__(self) -> _LoggedTrace:
+        from common.tracing import set_trace, trace_context
+
+        self._token = set_trace(trace_context(self._parent))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from common.tracing import reset_trace
+
+        if self._token is not None:
+            reset_trace(self._token)
+            self._token = None
+        return None
+
 # Module state: None while disabled (the only thing the hot path looks at).
 _tracer: Any = None
 _provider: Any = None
@@ -158,7 +184,7 @@ def span(
     one the log lines and the disabled-mode traceparent name.
     """
     if _tracer is None:
-        return NOOP_SPAN
+        return _LoggedTrace(parent_traceparent) if parent_traceparent else NOOP_SPAN
     return _Span(name, kind, attributes, parent_traceparent, trace)
 
 
@@ -288,7 +314,7 @@ def _parent_context(parent_traceparent: str | None, trace: TraceIds | None) -> A
 
 
 class _Span:
-    __slots__ = ("_span", "_scope")
+    __slots__ = ("_span", "_scope", "_logged", "_log_token")
 
     def __init__(
         self,
@@ -310,15 +336,31 @@ class _Span:
             if token is not None:
                 _forced_ids.reset(token)
         self._scope: Any = None
+        # A span continuing a traceparent starts the log lines' trace too (the gateway hop and
+        # Django requests set theirs themselves, from the same ids).
+        self._logged = bool(parent_traceparent) and trace is None
+        self._log_token: Any = None
 
     def __enter__(self) -> _Span:
         self._scope = _api.use_span(
             self._span, end_on_exit=True, record_exception=True, set_status_on_exception=True
         )
         self._scope.__enter__()
+        if self._logged:
+            from common.tracing import TraceContext, set_trace
+
+            ids = self._span.get_span_context()
+            trace_id, span_id = f"{ids.trace_id:032x}", f"{ids.span_id:016x}"
+            flags = f"{int(ids.trace_flags) & 1:02x}"
+            self._log_token = set_trace(TraceContext(trace_id, "", span_id, flags))
         return self
 
     def __exit__(self, *exc: Any) -> Any:
+        if self._log_token is not None:
+            from common.tracing import reset_trace
+
+            reset_trace(self._log_token)
+            self._log_token = None
         return self._scope.__exit__(*exc)
 
     @property

@@ -98,8 +98,10 @@ def _telemetry_shutdown(**_: object) -> None:
 def _attach_traceparent(headers: dict | None = None, **_: object) -> None:
     from common import telemetry
 
-    if headers is not None and telemetry.enabled():
-        current = telemetry.current_traceparent()
+    # The current span's traceparent, or with export off the request's trace context: the
+    # task's log lines then carry the trace id of the work that enqueued it.
+    if headers is not None:
+        current = telemetry.carried_traceparent()
         if current:
             headers.setdefault("traceparent", current)
 
@@ -113,12 +115,15 @@ def _header(request, name: str) -> str | None:  # type: ignore[no-untyped-def]
 def _task_span_start(task=None, **_: object) -> None:  # type: ignore[no-untyped-def]
     from common import telemetry
 
-    if task is None or not telemetry.enabled():
+    if task is None:
+        return
+    parent = _header(task.request, "traceparent")
+    if not telemetry.enabled() and not parent:
         return
     span = telemetry.span(
         f"celery.task {task.name}",
         kind="consumer",
-        parent_traceparent=_header(task.request, "traceparent"),
+        parent_traceparent=parent,
         attributes={"celery.task_name": task.name, "celery.task_id": task.request.id or ""},
     )
     span.__enter__()

@@ -187,6 +187,74 @@ def test_disabled_every_helper_is_a_no_op(monkeypatch):
     assert telemetry.traced("y")(lambda: 42)() == 42
 
 
+def _disabled(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert not telemetry.init()
+
+
+def _logged_trace_id(message: str) -> str:
+    """The trace id the log filter gives a line written now."""
+    import logging
+
+    from common.logging import CorrelationIdFilter
+
+    record = logging.LogRecord("gatehouse.test", logging.INFO, __file__, 1, message, None, None)
+    CorrelationIdFilter().filter(record)
+    return record.trace_id
+
+
+def test_disabled_work_continuing_a_traceparent_logs_and_carries_its_trace(monkeypatch):
+    _disabled(monkeypatch)
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    with telemetry.span("outbox.deliver", kind="producer", parent_traceparent=parent) as span:
+        inside = _logged_trace_id("delivering")
+        carried = telemetry.carried_traceparent()
+
+    assert span.traceparent is None  # nothing is recorded: no span of ours to name
+    assert inside == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert carried.split("-")[1] == inside and carried.split("-")[2] != "00f067aa0ba902b7"
+    assert _logged_trace_id("after") == ""  # reset on exit
+    with telemetry.span("no parent") as plain:
+        assert _logged_trace_id("no trace") == ""
+    assert plain is telemetry.NOOP_SPAN
+
+
+def test_disabled_a_task_logs_under_the_trace_of_the_work_that_enqueued_it(monkeypatch):
+    from celery import Celery
+
+    from common.tracing import reset_trace, set_trace, trace_context
+    from config.celery import _attach_traceparent, _task_span_end, _task_span_start
+
+    _disabled(monkeypatch)
+    request_trace = trace_context(None)
+    headers: dict = {}
+    token = set_trace(request_trace)
+    try:
+        _attach_traceparent(headers=headers)  # before_task_publish, inside a request
+    finally:
+        reset_trace(token)
+    assert headers["traceparent"].split("-")[1] == request_trace.trace_id
+
+    app = Celery("probe", set_as_current=False)
+    seen: list[str] = []
+
+    @app.task(name="probe.logs")
+    def logs() -> None:
+        seen.append(_logged_trace_id("task line"))
+
+    logs.push_request(id="t1", traceparent=headers["traceparent"])
+    try:
+        _task_span_start(task=logs)  # task_prerun in the worker
+        logs.run()
+        _task_span_end(task=logs, state="SUCCESS")
+    finally:
+        logs.pop_request()
+    assert seen == [request_trace.trace_id]
+    assert _logged_trace_id("after the task") == ""
+
+
 _UNSET_PROBE = """
 import json, sys
 import django
