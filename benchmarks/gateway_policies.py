@@ -1,35 +1,34 @@
 """A route with policies against the same route without, in ONE run (target >= 0.9x).
 
     .venv/bin/python benchmarks/gateway_policies.py [--duration 3] [--rounds 5] [--connections 32,256]
-        [--breakdown]
+        [--breakdown] [--profile]
 
 Same upstream (asyncio, 5-byte body), the production server (`python -m config.server`, the asyncio
 /gw pipeline, 2 workers), routes differing only by their policies: `/plain/**` none, `/pol/**` a
 rate limit that is never reached (key "ip", counted in Redis when REDIS_URL is set) plus CORS,
 requests carrying an allowed `Origin`. wrk runs interleaved rounds (the order alternates); each
 round's ratio, the median ratio, and the server's CPU per request (/proc) are printed. Earlier
-runs' `ratelimit:*` counts in REDIS_URL's database are deleted first. Needs wrk.
+runs' `ratelimit:*` counts in REDIS_URL's database are deleted first. Needs wrk. `--profile`
+then samples the server with py-spy (`--gil`) under each contender's load in turn and prints the
+functions whose samples per 1000 requests differ most between them: where the policies' cost is.
 
-Measured 2026-12-07 on the shared 2-core machine, load average 15-23 (other test suites running),
-REDIS_URL set; req/s swung 3x between rounds of one contender, so the per-round figures are given:
-- one EVALSHA per request (before leases and pipelining), -c32 -d5s, three runs: ratios per round
-  0.63, 0.39, 1.29 / 0.43, 0.32, 0.55, 0.59 / 0.38 (one 12 s round); --breakdown put the cost in
-  the rate limit (rate limit only 0.39-0.75x, CORS only 0.57-1.99x), p50 +3-6 ms (the Redis wait).
-- with leases and pipelining, -d3s --rounds 5 (one full run; a second crashed on a round with no
-  answers, fixed since): c=32 ratios 0.96, 0.83, 1.08, 2.15, 0.41 (median 0.96x) then 0.72, 0.50,
-  3.89, 1.59, 0.86 (median 0.86x); c=256 medians 0.72x and 0.70x. Server CPU per request (median
-  of 5 rounds): c=32 311 us without policies vs 310 us with; c=256 381 vs 473 us.
+Figures: docs/gateway-policies.md "Benchmark". On a quiet machine (load < 1), 2026-12-07,
+--duration 4 --rounds 5 --connections 32,256, medians of the per-round ratios: 0.84x / 0.82x
+before a key's lease renewal was shared, 0.90x / 0.93x after (per round 0.90, 0.90, 0.88, 0.90,
+0.91 at c=32); server CPU per request at c=32, 164 -> 203 us before, 164 -> 181 us after.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,6 +81,46 @@ def _forget_counts(redis_url: str | None) -> None:
     client.close()
 
 
+def differential_profile(server_pid: int, contenders: list[Contender], seconds: int, level: int) -> None:
+    """py-spy under each contender's load; the functions' inclusive samples per 1000 requests,
+    the largest differences from the first contender first."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists() and not shutil.which("py-spy"):
+        sys.exit("--profile needs py-spy (pip install py-spy)")
+    per_request: dict[str, collections.Counter[str]] = {}
+    for contender in contenders:
+        collapsed = VAR / f"policies-{contender.name.replace(' ', '-')}.collapsed.txt"
+        recorder = subprocess.Popen(
+            [spy, "record", "--pid", str(server_pid), "--subprocesses", "--gil", "--rate", "250",
+             "--duration", str(seconds + 1), "--format", "raw", "--output", str(collapsed)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1)
+        result = run_wrk(contender, seconds, level)
+        recorder.wait(timeout=120)
+        scale = 1000 / max(1.0, result.rps * seconds)
+        counts: collections.Counter[str] = collections.Counter()
+        for line in collapsed.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = {frame for frame in stack.split(";") if frame and not frame.startswith("process ")}
+            for frame in frames:
+                counts[frame] += int(count) * scale
+        counts["(all samples)"] = sum(
+            int(line.rpartition(" ")[2]) * scale for line in collapsed.read_text().splitlines() if line
+        )
+        per_request[contender.name] = counts
+        print(f"profiled {contender.name}: {result.rps:.0f} req/s (py-spy attached)", flush=True)
+    base = per_request[contenders[0].name]
+    for contender in contenders[1:]:
+        other = per_request[contender.name]
+        names = set(base) | set(other)
+        rows = sorted(names, key=lambda n: other.get(n, 0) - base.get(n, 0), reverse=True)[:30]
+        print(f"\nsamples per 1000 requests: {contenders[0].name} -> {contender.name} (largest gains)")
+        for name in rows:
+            before, after = base.get(name, 0), other.get(name, 0)
+            print(f"{before:8.1f} {after:8.1f} {after - before:+8.1f}  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,6 +133,7 @@ def main() -> None:
         help="also a route with only the rate limit, and one with only CORS",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="then a py-spy differential profile")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install -y wrk)")
@@ -186,6 +226,8 @@ def main() -> None:
                     f"  median {statistics.median(spent):.0f}"
                 )
         print("target >= 0.9x")
+        if args.profile:
+            differential_profile(server.pid, contenders, max(args.duration, 8), levels[0])
     finally:
         stop_processes(processes)
 
