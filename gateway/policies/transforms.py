@@ -29,6 +29,20 @@ PROTECTED = frozenset(
         "content-length",
     }
 )
+# What the gateway itself writes to say who the client is and which request this is
+# (docs/gateway-proxy.md "Proxying"): a transform that set or removed them would let a route's
+# config tell the upstream another client address, scheme, host, request id or trace.
+GATEWAY_OWNED = frozenset(
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+        "x-correlation-id",
+        "traceparent",
+    }
+)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 
@@ -38,6 +52,8 @@ def _name_errors(name: Any) -> list[str]:
         return [f"{name!r} is not a header name"]
     if name.lower() in PROTECTED or name.lower().startswith("proxy-"):
         return [f"{name} is an identity or hop-by-hop header; it cannot be set or removed"]
+    if name.lower() in GATEWAY_OWNED:
+        return [f"{name} is written by the gateway (client address, request id, trace); it cannot be changed"]
     return []
 
 

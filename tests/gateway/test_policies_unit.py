@@ -45,6 +45,10 @@ def _request(**fields) -> PolicyRequest:
         ("request_headers", {"remove": ["X-Tenant-ID"]}, "identity or hop-by-hop"),
         ("request_headers", {"set": {"Connection": "close"}}, "identity or hop-by-hop"),
         ("response_headers", {"set": {"Transfer-Encoding": "chunked"}}, "identity or hop-by-hop"),
+        ("request_headers", {"set": {"X-Forwarded-For": "10.0.0.1"}}, "written by the gateway"),
+        ("request_headers", {"remove": ["Forwarded"]}, "written by the gateway"),
+        ("request_headers", {"set": {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}}, "gateway"),
+        ("response_headers", {"set": {"X-Correlation-ID": "fixed"}}, "written by the gateway"),
         ("response_headers", {"set": {"X-A": "line\nbreak"}}, "control characters"),
     ],
 )
