@@ -7,7 +7,7 @@ by INVENTORY_SERVICE (`demo-inventory` in demo/routes.json):
   POST   /reservations                    {"reservation_id", "order_id", "items": [{"sku", "quantity"}]}
                                           → 201 held, 409 not enough stock
   POST   /reservations/{id}/confirm       → 200 confirmed, 404 unknown
-  DELETE /reservations/{id}               → 200 released (stock back), 404 unknown
+  DELETE /reservations/{id}               → 200 released (stock back, held or confirmed), 404 unknown
   GET    /stock, GET /reservations        what it holds (for the curious)
 A repeated Idempotency-Key answers as the first time without acting again. In memory only;
 standard library only.
@@ -69,9 +69,9 @@ class Inventory:
                 reservation["status"] = "confirmed"
                 return 200, reservation
             if method == "DELETE" and len(parts) == 2:
-                if reservation["status"] == "held":
-                    for item in reservation["items"]:
-                        self.stock[item["sku"]] += int(item["quantity"])
+                # held or confirmed, the reservation's stock comes back once: it is deleted here
+                for item in reservation["items"]:
+                    self.stock[item["sku"]] += int(item["quantity"])
                 del self.reservations[parts[1]]
                 return 200, {"status": "released"}
         return 404, {"error": "not found"}

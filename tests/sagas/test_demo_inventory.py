@@ -64,3 +64,18 @@ def test_demo_inventory_gives_stock_back_on_cancel(demo_inventory):
     drive()
     assert saga_of(order).status == SagaStatus.COMPENSATED
     assert requests.get(f"{demo_inventory}/stock", timeout=5).json() == {"SKU-1": 3}
+
+
+def test_demo_inventory_release_gives_back_confirmed_stock_once():
+    spec = importlib.util.spec_from_file_location("demo_inventory", ROOT / "demo" / "inventory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    inventory = module.Inventory(stock=5)
+    body = {"order_id": 1, "items": [{"sku": "S", "quantity": 2}]}
+
+    assert inventory.handle("POST", "/reservations", {**body, "reservation_id": "r1"}, "k1")[0] == 201
+    assert inventory.handle("POST", "/reservations/r1/confirm", {}, "k2")[0] == 200
+    assert inventory.stock["S"] == 3
+    assert inventory.handle("DELETE", "/reservations/r1", {}, "k3")[0] == 200
+    assert inventory.handle("DELETE", "/reservations/r1", {}, "k4")[0] == 404  # a second release
+    assert inventory.stock["S"] == 5
