@@ -213,6 +213,8 @@ class Limiter:
                 # of our own (under load, one trip per key and lease instead of one per request
                 # that arrives meanwhile). If it is spent before our turn, we count alone.
                 await asyncio.shield(trip)
+                if not self._use_redis():  # that trip found Redis down: no second wait for it
+                    return self._local_hit(key, interval, window)
                 now = (self.clock or time.monotonic)()
                 if lease.cells > 0 and now < lease.until:
                     lease.cells -= 1

@@ -300,6 +300,21 @@ def test_requests_arriving_while_a_lease_is_on_its_way_wait_for_it(monkeypatch):
     assert after[0] == 1 and after[1] == 10_000 - (sent + 31)  # exactly the requests are spent
 
 
+def test_requests_waiting_on_a_trip_that_finds_redis_down_count_locally_at_once(monkeypatch):
+    trips = _counting_round_trips(monkeypatch)
+    limiter = Limiter(url="redis://127.0.0.1:1/0", clock=_Clock())  # nothing listens there
+    key = f"ratelimit:t:down:{uuid.uuid4().hex}"
+
+    async def run() -> list[tuple]:
+        return await asyncio.gather(*(limiter.hit_async(key, 12_000, 60_000) for _ in range(8)))
+
+    results = asyncio.run(run())
+
+    assert [result[0] for result in results] == [1] * 5 + [0] * 3  # 5 a minute, counted locally
+    assert trips == [1]  # one attempt at Redis for all eight, not one per waiting request
+    assert limiter.down_since is not None
+
+
 def test_the_policy_view_answers_from_the_pipelines_header_index():
     from gateway.policies.runner import policy_request
 
