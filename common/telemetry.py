@@ -356,12 +356,14 @@ class _Span:
         return self
 
     def __exit__(self, *exc: Any) -> Any:
-        if self._log_token is not None:
-            from common.tracing import reset_trace
+        try:
+            if self._log_token is not None:
+                from common.tracing import reset_trace
 
-            reset_trace(self._log_token)
-            self._log_token = None
-        return self._scope.__exit__(*exc)
+                token, self._log_token = self._log_token, None
+                reset_trace(token)
+        finally:
+            return self._scope.__exit__(*exc)  # noqa: B012  the span ends whatever the reset did
 
     @property
     def traceparent(self) -> str | None:

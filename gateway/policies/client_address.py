@@ -48,6 +48,8 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: t
 
 def client_address(*, peer: str, forwarded_for: str | None) -> str:
     """The client's address (normalised text). `peer` is the socket peer (REMOTE_ADDR)."""
+    if forwarded_for is not None and len(forwarded_for) > 512:
+        forwarded_for = forwarded_for[-512:]  # the right end is what is believed; keeps keys small
     return _client_address(peer, forwarded_for, _trusted_spec())
 
 

@@ -208,6 +208,9 @@ class Limiter:
                 lease.cells -= 1
                 return 1, lease.remaining + lease.cells, 0, lease.reset_ms
             trip = lease.trip
+            loop = asyncio.get_running_loop()
+            if trip is not None and trip.get_loop() is not loop:
+                trip = lease.trip = None  # left by another event loop: not ours to wait on
             if trip is not None:
                 # A lease is on its way for this key: wait for it rather than send a script run
                 # of our own (under load, one trip per key and lease instead of one per request
@@ -219,7 +222,6 @@ class Limiter:
                 if lease.cells > 0 and now < lease.until:
                     lease.cells -= 1
                     return 1, lease.remaining + lease.cells, 0, lease.reset_ms
-            loop = asyncio.get_running_loop()
             leader = lease.trip is None
             if leader:
                 lease.trip = loop.create_future()
@@ -247,8 +249,9 @@ class Limiter:
                 return self._local_hit(key, interval, window)
             finally:
                 if leader:
-                    lease.trip.set_result(None)
-                    lease.trip = None
+                    done, lease.trip = lease.trip, None
+                    if done is not None and not done.done():
+                        done.set_result(None)
             if granted > 1:  # this request spends one; the rest wait for the next ones
                 lease.cells += granted - 1  # (plus a concurrent trip's grant, if any)
                 lease.until = now + self.lease_seconds
