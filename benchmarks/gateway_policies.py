@@ -102,12 +102,12 @@ def differential_profile(server_pid: int, contenders: list[Contender], seconds: 
         counts: collections.Counter[str] = collections.Counter()
         for line in collapsed.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            frames = {frame for frame in stack.split(";") if frame and not frame.startswith("process ")}
-            for frame in frames:
-                counts[frame] += int(count) * scale
-        counts["(all samples)"] = sum(
-            int(line.rpartition(" ")[2]) * scale for line in collapsed.read_text().splitlines() if line
-        )
+            if not stack:
+                continue
+            samples = int(count) * scale
+            counts["(all samples)"] += samples
+            for frame in {frame for frame in stack.split(";") if frame and not frame.startswith("process ")}:
+                counts[frame] += samples
         per_request[contender.name] = counts
         print(f"profiled {contender.name}: {result.rps:.0f} req/s (py-spy attached)", flush=True)
     base = per_request[contenders[0].name]
