@@ -4,6 +4,9 @@ import os
 
 from celery import Celery, signals
 
+from config import broker
+
+broker.register()  # filesystem:// is the atomic transport (config/broker.py), in every process
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 app = Celery("gatehouse")

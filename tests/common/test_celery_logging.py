@@ -62,7 +62,8 @@ def test_worker_and_beat_write_only_json_lines(tmp_path):
             event.refresh_from_db()
             if event.status == OutboxEvent.Status.PUBLISHED:
                 break
-            assert all(p.poll() is None for p in processes.values()), {n: _lines(p) for n, p in logs.items()}
+            exited = {n: p.returncode for n, p in processes.items() if p.poll() is not None}
+            assert not exited, (exited, {n: _lines(p)[-5:] for n, p in logs.items()})
             time.sleep(0.5)
         assert event.status == OutboxEvent.Status.PUBLISHED
         time.sleep(3)  # a few idle relay ticks after the one that worked

@@ -1,0 +1,150 @@
+"""The embedded broker (config/broker.py): `filesystem://` loses no message and never hands a
+worker a partial file, with writers and takers in separate processes as in production."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+
+import pytest
+from kombu import Connection
+from kombu.transport.virtual import Empty
+
+from config.broker import REJECTED, Transport
+
+QUEUE = "celery"
+FORK = multiprocessing.get_context("fork")
+
+
+def _connection(folder) -> Connection:
+    folder = str(folder)
+    return Connection(
+        "filesystem://",
+        transport_options={
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "processed_folder": folder,
+            "control_folder": f"{folder}/control",
+        },
+    )
+
+
+def _write(folder, writer: int, count: int, size: int) -> None:
+    with _connection(folder) as conn:
+        channel = conn.default_channel
+        for n in range(count):
+            channel._put(QUEUE, {"id": f"{writer}-{n}", "body": "x" * size})
+
+
+def _take(folder, expected: int, results) -> None:
+    """Takes messages until the writers are done and the folder is empty; a decode error is a
+    result too (it is what a worker dies of)."""
+    taken = []
+    try:
+        with _connection(folder) as conn:
+            channel = conn.default_channel
+            while len(taken) < expected:
+                try:
+                    taken.append(channel._get(QUEUE)["id"])
+                except Empty:
+                    if _done(folder) and not _queued(folder):
+                        break
+                except Exception as exc:
+                    results.put(("error", repr(exc)))
+                    return
+    finally:
+        results.put(("taken", taken))
+
+
+def _queued(folder) -> bool:
+    return any(name.endswith(f".{QUEUE}.msg") for name in os.listdir(folder))
+
+
+def _done(folder) -> bool:
+    return os.path.exists(os.path.join(folder, "writers-done"))
+
+
+def test_filesystem_urls_get_the_atomic_transport(tmp_path):
+    with _connection(tmp_path) as conn:
+        assert isinstance(conn.transport, Transport)
+
+
+def test_takers_racing_writers_get_every_message_once_and_whole(tmp_path):
+    writers, per_writer, size = 2, 300, 256 * 1024  # big files: a long window between create and write
+    expected = writers * per_writer
+    results = FORK.Queue()
+    takers = [FORK.Process(target=_take, args=(tmp_path, expected, results)) for _ in range(2)]
+    for taker in takers:
+        taker.start()
+    producers = [FORK.Process(target=_write, args=(tmp_path, w, per_writer, size)) for w in range(writers)]
+    for producer in producers:
+        producer.start()
+    for producer in producers:
+        producer.join(60)
+        assert producer.exitcode == 0
+    (tmp_path / "writers-done").touch()
+
+    outcomes = [results.get(timeout=60) for _ in takers]
+    for taker in takers:
+        taker.join(30)
+    errors = [detail for kind, detail in outcomes if kind == "error"]
+    assert not errors, errors[:3]
+    taken = [message for kind, detail in outcomes if kind == "taken" for message in detail]
+    assert sorted(taken) == sorted(f"{w}-{n}" for w in range(writers) for n in range(per_writer))
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".msg")]
+
+
+def test_an_undecodable_file_is_set_aside_and_logged_and_the_next_message_delivered(tmp_path, caplog):
+    (tmp_path / f"0_bad.{QUEUE}.msg").write_bytes(b'{"half": ')
+    with _connection(tmp_path) as conn:
+        channel = conn.default_channel
+        channel._put(QUEUE, {"id": "good"})
+        with caplog.at_level(logging.ERROR, logger="gatehouse.broker"):
+            assert channel._get(QUEUE)["id"] == "good"
+    assert (tmp_path / REJECTED / f"0_bad.{QUEUE}.msg").read_bytes() == b'{"half": '
+    assert "0_bad" in caplog.text
+
+
+def _bind(folder, queue: str, rounds: int, start) -> None:
+    start.wait(30)
+    with _connection(folder) as conn:
+        channel = conn.default_channel
+        for n in range(rounds):  # a new exchange each round: every table is created in a race
+            channel._queue_bind(f"jobs{n}", queue, None, queue)
+
+
+def test_bindings_racing_to_create_an_exchange_table_are_all_kept(tmp_path):
+    rounds, queues = 200, ["q0", "q1", "q2"]
+    start = FORK.Barrier(len(queues))
+    binders = [FORK.Process(target=_bind, args=(tmp_path, q, rounds, start)) for q in queues]
+    for binder in binders:
+        binder.start()
+    for binder in binders:
+        binder.join(60)
+    assert [binder.exitcode for binder in binders] == [0] * len(queues)
+    for n in range(rounds):
+        table = json.loads((tmp_path / "control" / f"jobs{n}.exchange").read_text())
+        assert sorted(entry[2] for entry in table) == queues, n
+
+
+@pytest.mark.parametrize("stage", ["put", "bind"])
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, stage):
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(src).endswith(".part"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with _connection(tmp_path) as conn:
+        channel = conn.default_channel
+        with pytest.raises(Exception, match="Cannot"):
+            if stage == "put":
+                channel._put(QUEUE, {"id": "x"})
+            else:
+                channel._queue_bind("jobs", "k", None, "q")
+    # nothing half-written anywhere: no message, no table, no staged part (a lock file may stay)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock"] == []
