@@ -31,7 +31,8 @@ Signatures (all keyword-only):
     identity_headers(*, identity: Identity) -> list[tuple[str, str]]
     identity_value_is_safe(*, value: str) -> bool
     trusted_proxies(*, spec: Iterable[str]) -> TrustedProxies
-    client_address(*, peer: str, forwarded_for: Iterable[str], trusted: TrustedProxies) -> str
+    client_address(*, peer: str, forwarded_for: Iterable[str] | str | None,
+                   trusted: TrustedProxies | None = None) -> str   # X-Real-IP, IP rules, limits
 
 Forwarding headers (SPEC §3, issue 13 item 6). `FORWARDED_ALLOW_IPS` (CIDR list, default empty:
 the gateway is the edge) names the peers whose forwarding headers are believed:
@@ -42,7 +43,7 @@ the gateway is the edge) names the peers whose forwarding headers are believed:
 - from a trusted peer the chains are appended to (`X-Forwarded-For: <theirs>, peer`, `Forwarded:
   <theirs>, for=peer;…`), its `X-Forwarded-Proto` / `-Host` are kept (the first value) and
   `X-Real-IP` is the client address: the right-most `X-Forwarded-For` entry that is not itself a
-  trusted proxy.
+  trusted proxy (`client_address`, the same answer IP rules and rate limits use).
 
 Identity headers (issue 13 item 7): values are never encoded here; an identity whose values
 are not safe (`identity_value_is_safe`) is refused where it is built from claims
@@ -142,9 +143,11 @@ def identity_headers(*, identity: Identity) -> list[tuple[str, str]]:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class TrustedProxies:
-    """Peers whose forwarding headers are believed (`FORWARDED_ALLOW_IPS`)."""
+    """Peers whose forwarding headers are believed (`FORWARDED_ALLOW_IPS`). Compared and hashed
+    by identity: it keys per-request caches, and one spec always parses to the same object
+    (`_trusted_from`), so hashing its networks on every request would be wasted."""
 
     networks: tuple[Network, ...] = ()
     everyone: bool = False  # "*": every peer (only behind a proxy that rewrites these headers)
@@ -154,19 +157,19 @@ class TrustedProxies:
             return True
         if not self.networks:
             return False
-        return _in_networks(self.networks, address)
+        return _in_networks(self, address)
 
 
 @lru_cache(maxsize=4096)
-def _in_networks(networks: tuple[Network, ...], address: str) -> bool:
-    """Whether `address` is in one of `networks` (cached: asked for every request's peer)."""
+def _in_networks(trusted: TrustedProxies, address: str) -> bool:
+    """Whether `address` is in one of `trusted`'s networks (cached: asked for every request)."""
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+    return any(ip in network for network in trusted.networks)
 
 
 def trusted_proxies(*, spec: Iterable[str]) -> TrustedProxies:
@@ -195,16 +198,58 @@ def configured_trusted_proxies() -> TrustedProxies:
     return _trusted_from(tuple(spec))
 
 
-def client_address(*, peer: str, forwarded_for: Iterable[str], trusted: TrustedProxies) -> str:
-    """The client as the gateway sees it: the peer, or, when the peer is a trusted proxy, the
-    right-most `X-Forwarded-For` entry that is not a trusted proxy itself."""
-    if peer not in trusted:
-        return peer
-    chain = [entry.strip() for value in forwarded_for for entry in value.split(",") if entry.strip()]
-    for entry in reversed(chain):
-        if entry not in trusted:
-            return entry
-    return chain[0] if chain else peer
+def client_address(
+    *, peer: str, forwarded_for: Iterable[str] | str | None, trusted: TrustedProxies | None = None
+) -> str:
+    """The client as the gateway sees it, one answer for X-Real-IP, IP rules and rate limits:
+    the peer, or, when the peer is a trusted proxy, the right-most `X-Forwarded-For` entry that
+    is not a trusted proxy itself. An entry that is not an address stops the walk (what is left
+    of it is the client's word): the last hop believed is the answer. Addresses come back
+    normalised (no port or brackets, IPv4-mapped IPv6 as IPv4); `trusted` None →
+    `FORWARDED_ALLOW_IPS`."""
+    if forwarded_for is not None and not isinstance(forwarded_for, str):
+        forwarded_for = ", ".join(forwarded_for)
+    if forwarded_for and len(forwarded_for) > 512:
+        forwarded_for = forwarded_for[-512:]  # the right end is what is believed; keeps keys small
+    return _client_address(
+        peer, forwarded_for or None, configured_trusted_proxies() if trusted is None else trusted
+    )
+
+
+# The same few peers and chains come again and again; parsing them is most of this step's cost.
+# The trusted set is part of the key, so a changed FORWARDED_ALLOW_IPS is never answered from an
+# earlier verdict; a client sending a new chain every time only turns the cache over.
+@lru_cache(maxsize=4096)
+def _client_address(peer: str, forwarded_for: str | None, trusted: TrustedProxies) -> str:
+    believed = _address(peer or "")
+    if believed is None:
+        return peer or ""
+    if not forwarded_for or believed not in trusted:
+        return believed
+    for item in reversed(forwarded_for.split(",")):
+        address = _address(item)
+        if address is None:
+            break
+        if address not in trusted:
+            return address
+        believed = address
+    return believed
+
+
+def _address(value: str) -> str | None:
+    """`value` as a normalised address (`[v6]:port`, `v4:port`, IPv4-mapped v6 accepted), or None."""
+    value = value.strip()
+    if value.startswith("[") and "]" in value:
+        value = value[1 : value.index("]")]
+    elif value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _forwarded_value(value: str) -> str:
@@ -268,7 +313,7 @@ def upstream_request_headers(
         forwarded_for = f"{chain}, {peer}" if chain else peer
         proto = _first(seen.get("x-forwarded-proto")) or scheme
         forwarded_host = _first(seen.get("x-forwarded-host")) or host
-        real_ip = client_address(peer=peer, forwarded_for=seen.get("x-forwarded-for", ()), trusted=trusted)
+        real_ip = client_address(peer=peer, forwarded_for=seen.get("x-forwarded-for"), trusted=trusted)
         earlier = ", ".join(seen.get("forwarded", ()))
     else:
         forwarded_for, proto, forwarded_host, real_ip, earlier = peer, scheme, host, peer, ""

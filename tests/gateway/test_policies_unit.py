@@ -19,6 +19,7 @@ from gateway.policies.client_address import client_address
 from gateway.policies.rate_limit import Limiter
 from gateway.policies.registry import BY_NAME, EMPTY, policies_compile, policies_errors
 from gateway.policies.tracing import trace_context
+from gateway.services.headers import upstream_request_headers
 from tests.gateway.factories import ServiceFactory
 
 
@@ -123,6 +124,52 @@ def test_client_address_trusts_forwarded_for_only_from_allowed_peers(settings):
     assert client_address(peer="::ffff:192.0.2.7", forwarded_for=None) == "192.0.2.7"
     settings.FORWARDED_ALLOW_IPS = []
     assert client_address(peer="10.0.0.1", forwarded_for="203.0.113.9") == "10.0.0.1"
+
+
+def test_client_address_with_every_peer_trusted(settings):
+    # "*" is a valid FORWARDED_ALLOW_IPS (headers.trusted_proxies); the policies once raised on it
+    settings.FORWARDED_ALLOW_IPS = ["*"]
+    assert client_address(peer="10.0.0.1", forwarded_for="203.0.113.9") == "203.0.113.9"
+    assert client_address(peer="192.0.2.7", forwarded_for=None) == "192.0.2.7"
+
+
+@pytest.mark.parametrize(
+    "peer, chain",
+    [
+        ("10.0.0.1", ["203.0.113.9"]),
+        ("10.0.0.1", ["1.1.1.1, 203.0.113.9", "10.0.0.2"]),
+        ("10.0.0.1", ["junk, 10.0.0.3"]),  # junk stops the walk: the last trusted hop
+        ("10.0.0.1", ["203.0.113.9:4711"]),
+        ("10.0.0.1", ["[2001:db8::7]:443"]),
+        ("10.0.0.1", ["::ffff:198.51.100.4"]),
+        ("10.0.0.1", ["10.0.0.9, 10.0.0.8"]),
+        ("192.0.2.7", ["203.0.113.9"]),
+        ("::ffff:10.0.0.1", ["203.0.113.9"]),
+    ],
+)
+def test_x_real_ip_is_the_address_limits_and_ip_rules_use(settings, peer, chain):
+    settings.FORWARDED_ALLOW_IPS = ["10.0.0.0/8"]
+    sent = upstream_request_headers(
+        client_headers=[(b"x-forwarded-for", value.encode()) for value in chain],
+        peer=peer,
+        scheme="http",
+        host="gw",
+        identity=None,
+        correlation_id="c",
+    )
+    (real_ip,) = [value for name, value in sent if name == "X-Real-IP"]
+    assert real_ip == client_address(peer=peer, forwarded_for=", ".join(chain))
+    expected = {
+        "junk, 10.0.0.3": "10.0.0.3",
+        "203.0.113.9:4711": "203.0.113.9",
+        "[2001:db8::7]:443": "2001:db8::7",
+        "::ffff:198.51.100.4": "198.51.100.4",
+        "10.0.0.9, 10.0.0.8": "10.0.0.9",
+    }
+    if peer.startswith("192."):
+        assert real_ip == peer
+    else:
+        assert real_ip == expected.get(chain[-1], "203.0.113.9")
 
 
 def test_traceparent_parsing():
