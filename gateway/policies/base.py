@@ -44,10 +44,8 @@ class PolicyRequest:
         lower = name.lower()
         if self.lookup is not None:
             return self.lookup(lower)
-        for key, value in self.headers:
-            if key.lower() == lower:
-                return value
-        return None
+        found = [value for key, value in self.headers if key.lower() == lower]
+        return ", ".join(found) if found else None  # repeats joined, as the pipeline's index does
 
 
 @dataclass(frozen=True, slots=True)

@@ -379,6 +379,9 @@ def test_the_policy_view_answers_from_the_pipelines_header_index():
 
     assert indexed.header("Origin") == scanned.header("origin") == "https://a.example"
     assert indexed.header("ACCESS-CONTROL-REQUEST-METHOD") is None
+    assert scanned.header("ACCESS-CONTROL-REQUEST-METHOD") is None
+    # a repeated header reads the same either way: repeats joined (a duplicated Origin is refused)
+    assert indexed.header("x-forwarded-for") == scanned.header("X-Forwarded-For") == "1.1.1.1, 2.2.2.2"
     assert indexed.client_ip == scanned.client_ip
 
 
