@@ -7,7 +7,7 @@ class GatewayConfig(AppConfig):
 
     def ready(self) -> None:
         from common.metrics import register_scrape_collector
-        from gateway import schema  # noqa: F401  (registers the OpenAPI auth extensions)
+        from gateway import checks, schema  # noqa: F401  (system checks; OpenAPI auth extensions)
         from gateway.caching.registry import caches_subscribe
         from gateway.metrics import collect_cache_keys
         from gateway.services import jwks, rbac, revocation  # noqa: F401  (register their caches)

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from gateway.policies.base import Compiled, PolicyKind
+from gateway.policies.base import Compiled, EarlyResponse, PolicyKind, PolicyRequest, PolicyState
 from gateway.policies.cors import Cors
 from gateway.policies.ip_rules import IpAllow, IpDeny
 from gateway.policies.rate_limit import RateLimit
@@ -72,6 +72,30 @@ class PolicySet:
 
 EMPTY = PolicySet([])
 
+_MISCONFIGURED = EarlyResponse(
+    status=503,
+    problem=(
+        "route-misconfigured",
+        "Route misconfigured",
+        "This route's policies are not valid, so it is closed until they are corrected.",
+    ),
+)
+
+
+class _Closed(Compiled):
+    """Stands in for the policies of a route whose stored set does not validate (written around
+    admin and load_routes, or stored before a rule was tightened). Serving such a route with
+    the defaults only would drop its IP rules and limits with the bad entry: it is closed
+    instead, preflights included (hence the preflight phase: they are routed to it too)."""
+
+    phases = ("ip", "preflight")
+
+    def ip(self, request: PolicyRequest, state: PolicyState) -> EarlyResponse | None:
+        return _MISCONFIGURED
+
+
+CLOSED = PolicySet([_Closed()])
+
 
 def policies_compile(policies: dict[str, Any]) -> PolicySet:
     """Compile a valid `policies` object (the route's merged over the defaults)."""
@@ -105,14 +129,15 @@ def route_policies(route: Any) -> PolicySet:
     if found is not None:
         return found
     merged = effective_policies(dict(route.policies))
-    if policies_errors(merged):  # written around the validators (shell, SQL): refuse the route's set
+    if policies_errors(merged):  # written around the validators (shell, SQL): close the route
         import logging
 
         logging.getLogger("gatehouse.gateway.policies").error(
-            "route %s has invalid policies, defaults only: %s", route.id, policies_errors_text(merged)
+            "route %s is closed (503): its policies are not valid: %s", route.id, policies_errors_text(merged)
         )
-        merged = effective_policies({})
-    compiled = policies_compile(merged)
+        compiled = CLOSED
+    else:
+        compiled = policies_compile(merged)
     with _lock:
         if len(_compiled) > 10_000:
             _compiled.clear()

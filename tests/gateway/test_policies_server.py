@@ -102,11 +102,11 @@ def test_default_policies_apply_to_every_route_unless_it_drops_them(
     assert len(upstream.requests) == 2
 
 
-def test_policies_written_around_validation_never_set_identity_or_credentials_with_a_wildcard(
+def test_a_route_whose_stored_policies_do_not_validate_is_closed_not_served_without_them(
     http_server_factory, gateway_process_factory, token_service
 ):
-    # given routes whose policies were written straight into the table (shell, SQL), not
-    # through admin or load_routes, which refuse both
+    # given routes whose policies were written straight into the table (shell, SQL, or before a
+    # rule was tightened), not through admin or load_routes, which refuse them
     upstream = http_server_factory(_ok)
     proxy_route(
         upstream.url,
@@ -115,6 +115,16 @@ def test_policies_written_around_validation_never_set_identity_or_credentials_wi
         policies={"request_headers": {"set": {"X-User-ID": "admin", "X-Tenant-ID": "root"}}},
     )
     proxy_route(upstream.url, path="/wildcard/**", policies={"cors": {"origins": ["*"], "credentials": True}})
+    # a valid IP rule next to a transform that is refused: the rule must not be dropped with it
+    proxy_route(
+        upstream.url,
+        path="/walled/**",
+        policies={
+            "ip_deny": ["127.0.0.0/8", "::1/128"],
+            "request_headers": {"set": {"X-Real-IP": "1.2.3.4"}},
+        },
+    )
+    proxy_route(upstream.url, path="/fine/**")
     gateway = gateway_process_factory(token_service.env)
 
     forged = requests.get(
@@ -124,14 +134,20 @@ def test_policies_written_around_validation_never_set_identity_or_credentials_wi
     )
     evil = {"Origin": "https://evil.example"}
     wildcard = requests.get(f"{gateway}/gw/wildcard/a", headers=evil, timeout=10)
+    preflight = requests.options(
+        f"{gateway}/gw/wildcard/a", headers={**evil, "Access-Control-Request-Method": "GET"}, timeout=10
+    )
+    walled = requests.get(f"{gateway}/gw/walled/a", timeout=10)
 
-    # then the upstream sees the verified identity only, and no origin is trusted with credentials
-    assert forged.status_code == 200
-    (seen,) = [r for r in upstream.requests if r.path.startswith("/forged")]
-    assert seen.header_all("X-User-ID") == ["alice"] and seen.header_all("X-Tenant-ID") == ["acme"]
-    assert wildcard.status_code == 200
-    assert "Access-Control-Allow-Credentials" not in wildcard.headers
-    assert "Access-Control-Allow-Origin" not in wildcard.headers
+    # then each of them is closed with a problem+json 503, and none reaches the upstream
+    for answer in (walled, forged, wildcard, preflight):
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Content-Type"].startswith("application/problem+json")
+        assert answer.json()["type"].endswith("/route-misconfigured")
+        assert "Access-Control-Allow-Origin" not in answer.headers
+    assert upstream.requests == []
+    # and the other routes are served as before
+    assert requests.get(f"{gateway}/gw/fine/a", timeout=10).status_code == 200
 
 
 def test_a_bad_default_policy_set_stops_the_server(gateway_process_factory):
