@@ -1,5 +1,6 @@
 """The embedded broker (config/broker.py): `filesystem://` loses no message and never hands a
-worker a partial file, with writers and takers in separate processes as in production."""
+worker a partial file, with writers and takers in separate processes as in production, and a
+real worker outlives a file it cannot decode."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import json
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from kombu import Connection
 from kombu.transport.virtual import Empty
 
 from config.broker import REJECTED, Transport
+from config.celery import app as celery_app
+from outbox.models import OutboxEvent
+from tests.common.test_celery_logging import ROOT, _env
+from tests.outbox.factories import OutboxEventFactory
 
 QUEUE = "celery"
 FORK = multiprocessing.get_context("fork")
@@ -148,3 +157,38 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, stage):
                 channel._queue_bind("jobs", "k", None, "q")
     # nothing half-written anywhere: no message, no table, no staged part (a lock file may stay)
     assert [p.name for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock"] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_survives_an_empty_message_file_and_goes_on_working(tmp_path):
+    # kombu's transport: "Unrecoverable error: JSONDecodeError" and the worker process exits
+    event = OutboxEventFactory()
+    env = _env(tmp_path / "var")
+    broker = tmp_path / "var" / "broker"
+    broker.mkdir(parents=True)
+    (broker / f"0_empty.{QUEUE}.msg").write_bytes(b"")  # what a reader saw mid-write before
+    log = tmp_path / "worker.log"
+    command = [str(Path(sys.executable).with_name("celery")), "-A", "config", "--quiet", "worker"]
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [*command, "--loglevel", "INFO", "--concurrency", "1"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with _connection(broker) as conn:
+            celery_app.send_task("outbox.tasks.outbox_relay", producer=conn.Producer())
+        deadline = time.monotonic() + 60
+        while event.status != OutboxEvent.Status.PUBLISHED and time.monotonic() < deadline:
+            assert worker.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.3)
+            event.refresh_from_db()
+        assert event.status == OutboxEvent.Status.PUBLISHED
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert (broker / REJECTED / f"0_empty.{QUEUE}.msg").exists()
+    assert "0_empty" in log.read_text()
