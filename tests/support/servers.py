@@ -2,6 +2,8 @@
 
 `http_server_factory(handler)` starts a threaded HTTP/1.1 server; `handler(request)` receives a
 `RecordedRequest` and returns a `Reply`. Every request is also appended to `server.requests`.
+With `tls=` (an `ssl.SSLContext` holding the server's certificate) it speaks HTTPS on
+`https://localhost:<port>`.
 
 `gateway_process_factory()` starts the project under its production server in a subprocess,
 pointed at the current test database and Redis (use with `django_db(transaction=True)` so the
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -63,7 +66,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class HttpServer:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -115,6 +118,11 @@ class HttpServer:
         self._server = _Server(("127.0.0.1", 0), _RequestHandler)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        if tls is not None:  # HTTPS: the handshake happens in the request's thread, on first read
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.url = f"https://localhost:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
@@ -133,8 +141,8 @@ def free_port() -> int:
 def http_server_factory():
     servers: list[HttpServer] = []
 
-    def start(handler: Handler | None = None) -> HttpServer:
-        server = HttpServer(handler or (lambda request: Reply(200, b"ok")))
+    def start(handler: Handler | None = None, *, tls: ssl.SSLContext | None = None) -> HttpServer:
+        server = HttpServer(handler or (lambda request: Reply(200, b"ok")), tls)
         servers.append(server)
         return server
 
