@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection
-from kombu.transport.virtual import Empty
 
 from config.broker import REJECTED, Transport
 from config.celery import app as celery_app
@@ -40,31 +39,49 @@ def _connection(folder) -> Connection:
     )
 
 
+def _publish(channel, ident: str, size: int = 0) -> None:
+    """As kombu publishes: properties and a delivery tag, then `_put` on the queue."""
+    body = json.dumps({"id": ident, "pad": "x" * size})
+    channel.basic_publish(channel.prepare_message(body), exchange="", routing_key=QUEUE)
+
+
+def _id(message) -> str:
+    return json.loads(message.body)["id"]
+
+
 def _write(folder, writer: int, count: int, size: int) -> None:
     with _connection(folder) as conn:
         channel = conn.default_channel
         for n in range(count):
-            channel._put(QUEUE, {"id": f"{writer}-{n}", "body": "x" * size})
+            _publish(channel, f"{writer}-{n}", size)
 
 
 def _take(folder, expected: int, results) -> None:
-    """Takes messages until the writers are done and the folder is empty; a decode error is a
-    result too (it is what a worker dies of)."""
+    """Takes and acks messages until the writers are done and the folder is empty; an error is
+    a result too (a decode error is what a worker dies of)."""
     taken = []
     try:
         with _connection(folder) as conn:
             channel = conn.default_channel
             while len(taken) < expected:
                 try:
-                    taken.append(channel._get(QUEUE)["id"])
-                except Empty:
-                    if _done(folder) and not _queued(folder):
-                        break
+                    message = channel.basic_get(QUEUE)
                 except Exception as exc:
                     results.put(("error", repr(exc)))
                     return
+                if message is None:
+                    if _done(folder) and not _queued(folder):
+                        break
+                    continue
+                taken.append(_id(message))
+                message.ack()
     finally:
         results.put(("taken", taken))
+
+
+def _files(folder) -> list[str]:
+    """Every message, part or table file anywhere under the broker folder (lock files aside)."""
+    return sorted(p.name for p in Path(folder).rglob("*") if p.is_file() and p.suffix != ".lock")
 
 
 def _queued(folder) -> bool:
@@ -102,18 +119,81 @@ def test_takers_racing_writers_get_every_message_once_and_whole(tmp_path):
     assert not errors, errors[:3]
     taken = [message for kind, detail in outcomes if kind == "taken" for message in detail]
     assert sorted(taken) == sorted(f"{w}-{n}" for w in range(writers) for n in range(per_writer))
-    assert not [name for name in os.listdir(tmp_path) if name.endswith(".msg")]
+    # every message acked: nothing left in the queue, in a taken folder or half-staged
+    assert [name for name in _files(tmp_path) if name != "writers-done"] == []
 
 
 def test_an_undecodable_file_is_set_aside_and_logged_and_the_next_message_delivered(tmp_path, caplog):
-    (tmp_path / f"0_bad.{QUEUE}.msg").write_bytes(b'{"half": ')
+    (tmp_path / f"00000000000000000000_bad.{QUEUE}.msg").write_bytes(b'{"half": ')
     with _connection(tmp_path) as conn:
         channel = conn.default_channel
-        channel._put(QUEUE, {"id": "good"})
+        _publish(channel, "good")
         with caplog.at_level(logging.ERROR, logger="gatehouse.broker"):
-            assert channel._get(QUEUE)["id"] == "good"
-    assert (tmp_path / REJECTED / f"0_bad.{QUEUE}.msg").read_bytes() == b'{"half": '
-    assert "0_bad" in caplog.text
+            assert _id(channel.basic_get(QUEUE)) == "good"
+    assert (tmp_path / REJECTED / f"00000000000000000000_bad.{QUEUE}.msg").read_bytes() == b'{"half": '
+    assert "00000000000000000000_bad" in caplog.text
+
+
+def _take_and_die(folder, ready) -> None:
+    """A consumer that takes a message and is killed before it acks (os._exit: no cleanup)."""
+    with _connection(folder) as conn:
+        message = conn.default_channel.basic_get(QUEUE)
+        ready.send(_id(message))  # a pipe: sent before the exit, unlike a Queue's feeder thread
+        os._exit(0)
+
+
+def test_a_message_taken_by_a_consumer_killed_before_its_ack_is_delivered_again(tmp_path, caplog):
+    with _connection(tmp_path) as conn:
+        _publish(conn.default_channel, "m1")
+    ready, child_end = FORK.Pipe(duplex=False)
+    dead = FORK.Process(target=_take_and_die, args=(tmp_path, child_end))
+    dead.start()
+    assert ready.poll(30) and ready.recv() == "m1"
+    dead.join(30)
+    assert not _queued(tmp_path)  # it is in the dead consumer's folder, not in the queue
+
+    with _connection(tmp_path) as conn, caplog.at_level(logging.WARNING, logger="gatehouse.broker"):
+        channel = conn.default_channel
+        again = channel.basic_get(QUEUE)  # the first take sweeps: the dead folder is given back
+        assert again is not None and _id(again) == "m1"
+        again.ack()
+    assert "put back" in caplog.text
+    assert _files(tmp_path) == []
+
+
+def test_a_live_consumers_unacked_message_is_not_taken_by_another(tmp_path):
+    with _connection(tmp_path) as first, _connection(tmp_path) as second:
+        _publish(first.default_channel, "m1")
+        held = first.default_channel.basic_get(QUEUE)
+        assert _id(held) == "m1"
+        assert second.default_channel.basic_get(QUEUE) is None  # swept, but its owner is alive
+        held.ack()
+        assert _files(tmp_path) == []
+
+
+def test_an_ack_removes_the_file_a_requeue_and_a_close_put_it_back(tmp_path):
+    with _connection(tmp_path) as conn:
+        channel = conn.default_channel
+        _publish(channel, "m1")
+        channel.basic_get(QUEUE).reject(requeue=True)
+        assert _queued(tmp_path) and len(_files(tmp_path)) == 1  # back in the queue, once
+        again = channel.basic_get(QUEUE)
+        assert _id(again) == "m1"
+    # closed with the message unacked: kombu restores it, and the taken file goes
+    assert _queued(tmp_path) and len(_files(tmp_path)) == 1
+    with _connection(tmp_path) as conn:
+        last = conn.default_channel.basic_get(QUEUE)
+        assert _id(last) == "m1"
+        last.ack()
+    assert _files(tmp_path) == []
+
+
+def test_a_queue_read_without_acks_keeps_no_file(tmp_path):
+    with _connection(tmp_path) as conn:
+        channel = conn.default_channel
+        _publish(channel, "m1")
+        assert _id(channel.basic_get(QUEUE, no_ack=True)) == "m1"
+        assert _files(tmp_path) == []
 
 
 def _bind(folder, queue: str, rounds: int, start) -> None:
