@@ -18,7 +18,7 @@ def route_policies_check(app_configs: Any = None, databases: Any = None, **_: An
     if not databases or "default" not in databases:
         return []
     from gateway.models import Route
-    from gateway.policies.registry import policies_errors_text
+    from gateway.policies.registry import stored_policies_errors
 
     try:
         if Route._meta.db_table not in connections["default"].introspection.table_names():
@@ -28,7 +28,7 @@ def route_policies_check(app_configs: Any = None, databases: Any = None, **_: An
         return []  # the database checks of other apps say it is unreachable
     warnings = []
     for route in routes:
-        problems = policies_errors_text(route.policies)
+        problems = stored_policies_errors(route.policies)
         if problems:
             warnings.append(
                 checks.Warning(

@@ -56,7 +56,8 @@ def route_resolved(*, route: Route) -> ResolvedRoute:
         cache_ttl_seconds=route.cache_ttl_seconds,
         idempotency=route.idempotency,
         priority=route.priority,
-        policies=dict(route.policies or {}),
+        # not an object (written by SQL): kept as it is, so that this route is closed, not the table
+        policies=dict(route.policies) if isinstance(route.policies, dict) else route.policies or {},
         version=int(changed.timestamp() * 1_000_000),
     )
 

@@ -118,6 +118,16 @@ def effective_policies(route_policies: dict[str, Any] | None) -> dict[str, Any]:
     return {name: config for name, config in merged.items() if config is not None}
 
 
+def stored_policies_errors(stored: Any) -> list[str]:
+    """Why a route's stored policies, merged over the defaults, cannot be used ([] when they
+    can): the one test behind closing a route and the `gateway.W001` check."""
+    if stored in (None, ""):
+        stored = {}
+    if not isinstance(stored, dict):
+        return policies_errors_text(stored)
+    return policies_errors_text(effective_policies(stored))
+
+
 _compiled: dict[tuple[int, int], PolicySet] = {}
 _lock = threading.Lock()
 
@@ -128,16 +138,16 @@ def route_policies(route: Any) -> PolicySet:
     found = _compiled.get(key)
     if found is not None:
         return found
-    merged = effective_policies(dict(route.policies))
-    if policies_errors(merged):  # written around the validators (shell, SQL): close the route
+    problems = stored_policies_errors(route.policies)
+    if problems:  # written around the validators (shell, SQL): close the route
         import logging
 
         logging.getLogger("gatehouse.gateway.policies").error(
-            "route %s is closed (503): its policies are not valid: %s", route.id, policies_errors_text(merged)
+            "route %s is closed (503): its policies are not valid: %s", route.id, problems
         )
         compiled = CLOSED
     else:
-        compiled = policies_compile(merged)
+        compiled = policies_compile(effective_policies(dict(route.policies or {})))
     with _lock:
         if len(_compiled) > 10_000:
             _compiled.clear()
