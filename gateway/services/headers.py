@@ -198,13 +198,16 @@ def configured_trusted_proxies() -> TrustedProxies:
     return _trusted_from(tuple(spec))
 
 
+UNKNOWN_CLIENT = "unknown"  # matches no IP rule; its own rate-limit bucket
+
+
 def client_address(
     *, peer: str, forwarded_for: Iterable[str] | str | None, trusted: TrustedProxies | None = None
 ) -> str:
     """The client as the gateway sees it, one answer for X-Real-IP, IP rules and rate limits:
     the peer, or, when the peer is a trusted proxy, the right-most `X-Forwarded-For` entry that
-    is not a trusted proxy itself. An entry that is not an address stops the walk (what is left
-    of it is the client's word): the last hop believed is the answer. Addresses come back
+    is not a trusted proxy itself. An entry that is not an address, reached through trusted hops
+    only, was written by one of them: the answer is "unknown". Addresses come back
     normalised (no port or brackets, IPv4-mapped IPv6 as IPv4); `trusted` None →
     `FORWARDED_ALLOW_IPS`."""
     if forwarded_for is not None and not isinstance(forwarded_for, str):
@@ -222,18 +225,20 @@ def client_address(
 @lru_cache(maxsize=4096)
 def _client_address(peer: str, forwarded_for: str | None, trusted: TrustedProxies) -> str:
     believed = _address(peer or "")
-    if believed is None:
-        return peer or ""
-    if not forwarded_for or believed not in trusted:
-        return believed
+    if believed is None and not (trusted.everyone and forwarded_for):
+        return peer or ""  # not an address (a unix socket): nothing to walk from
+    if not forwarded_for or (believed is not None and believed not in trusted):
+        return believed or ""
     for item in reversed(forwarded_for.split(",")):
         address = _address(item)
         if address is None:
-            break
+            # a trusted hop wrote something that is not an address ("unknown"): the client is
+            # not known, and must not be taken for that proxy (allow lists, its limit bucket)
+            return UNKNOWN_CLIENT
         if address not in trusted:
             return address
         believed = address
-    return believed
+    return believed or ""
 
 
 def _address(value: str) -> str | None:
@@ -310,7 +315,7 @@ def upstream_request_headers(
         out.append((name, value))
     if peer in trusted:
         chain = ", ".join(seen.get("x-forwarded-for", ()))
-        forwarded_for = f"{chain}, {peer}" if chain else peer
+        forwarded_for = f"{chain}, {peer}" if chain and peer else chain or peer
         proto = _first(seen.get("x-forwarded-proto")) or scheme
         forwarded_host = _first(seen.get("x-forwarded-host")) or host
         real_ip = client_address(peer=peer, forwarded_for=seen.get("x-forwarded-for"), trusted=trusted)

@@ -131,6 +131,19 @@ def test_client_address_with_every_peer_trusted(settings):
     settings.FORWARDED_ALLOW_IPS = ["*"]
     assert client_address(peer="10.0.0.1", forwarded_for="203.0.113.9") == "203.0.113.9"
     assert client_address(peer="192.0.2.7", forwarded_for=None) == "192.0.2.7"
+    # a peer that is no address (a unix socket behind a proxy): the chain still names the client
+    assert client_address(peer="", forwarded_for="203.0.113.9") == "203.0.113.9"
+    sent = dict(
+        upstream_request_headers(
+            client_headers=[(b"x-forwarded-for", b"203.0.113.9")],
+            peer="",
+            scheme="http",
+            host="gw",
+            identity=None,
+            correlation_id="c",
+        )
+    )
+    assert sent["X-Forwarded-For"] == "203.0.113.9" and sent["X-Real-IP"] == "203.0.113.9"
 
 
 @pytest.mark.parametrize(
@@ -138,7 +151,8 @@ def test_client_address_with_every_peer_trusted(settings):
     [
         ("10.0.0.1", ["203.0.113.9"]),
         ("10.0.0.1", ["1.1.1.1, 203.0.113.9", "10.0.0.2"]),
-        ("10.0.0.1", ["junk, 10.0.0.3"]),  # junk stops the walk: the last trusted hop
+        ("10.0.0.1", ["junk, 10.0.0.3"]),  # written by a trusted hop: the client is unknown
+        ("10.0.0.1", ["junk, 203.0.113.9"]),  # the client's own junk, left of the hop: ignored
         ("10.0.0.1", ["203.0.113.9:4711"]),
         ("10.0.0.1", ["[2001:db8::7]:443"]),
         ("10.0.0.1", ["::ffff:198.51.100.4"]),
@@ -160,7 +174,7 @@ def test_x_real_ip_is_the_address_limits_and_ip_rules_use(settings, peer, chain)
     (real_ip,) = [value for name, value in sent if name == "X-Real-IP"]
     assert real_ip == client_address(peer=peer, forwarded_for=", ".join(chain))
     expected = {
-        "junk, 10.0.0.3": "10.0.0.3",
+        "junk, 10.0.0.3": "unknown",
         "203.0.113.9:4711": "203.0.113.9",
         "[2001:db8::7]:443": "2001:db8::7",
         "::ffff:198.51.100.4": "198.51.100.4",
@@ -511,3 +525,26 @@ def test_manage_check_names_the_routes_the_gateway_closes():
     quiet = io.StringIO()
     call_command("check", stderr=quiet)  # without the database, nothing is read
     assert "gateway.W001" not in quiet.getvalue()
+
+
+@pytest.mark.django_db
+def test_the_check_and_the_gateway_agree_on_which_routes_are_closed(settings):
+    from gateway.policies.registry import CLOSED, route_policies
+    from gateway.selectors import route_resolved, route_resolved_list
+
+    settings.GATEWAY_DEFAULT_POLICIES = {"ip_deny": ["10.0.0.0/8"]}
+    dropped = ServiceFactory().routes.create(path="/dropped/**", methods=["GET"], policies={"ip_deny": None})
+    junk = ServiceFactory().routes.create(path="/junk/**", methods=["GET"], policies={})
+    Route.objects.filter(pk=junk.pk).update(policies="not an object")  # written by SQL
+    junk.refresh_from_db()
+
+    warned = io.StringIO()
+    call_command("check", databases=["default"], stderr=warned)
+
+    # {"ip_deny": null} drops a default: served, and not named
+    assert route_policies(route_resolved(route=dropped)) is not CLOSED
+    assert f"route #{dropped.pk} " not in warned.getvalue()
+    # a value that is not an object closes that route only; the table still builds
+    assert route_policies(route_resolved(route=junk)) is CLOSED
+    assert f"route #{junk.pk} (/junk/**)" in warned.getvalue()
+    assert {r.id for r in route_resolved_list()} >= {dropped.pk, junk.pk}
